@@ -1,0 +1,84 @@
+//! Matrix multiplication on the `gemm` crate (runtime-selected AVX2/AVX-512/NEON kernels).
+//! Operands keep their strides: a transposed view is multiplied without a copy.
+
+use super::strided::Walk;
+use super::{float_view, from_f32, CpuData, CpuStorage, FloatView};
+use crate::{Layout, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Below this many multiply-adds one GEMM stays on one thread.
+const PAR_GEMM_MACS: usize = 64 * 64 * 64;
+
+/// `a @ b` over the last two dims; the batch dims of both layouts are already broadcast
+/// to the same shape. Result: contiguous [batch.., m, n].
+pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+    Ok(match (float_view(a, la, "matmul")?, float_view(b, lb, "matmul")?) {
+        (FloatView::F32(x, lx), FloatView::F32(y, ly)) => from_f32(gemm_batched(&x, &lx, &y, &ly), a.dtype()),
+        (FloatView::F64(x, lx), FloatView::F64(y, ly)) => CpuStorage::new(CpuData::F64(gemm_batched(x, &lx, y, &ly))),
+        _ => unreachable!("matmul: the caller checks that dtypes match"),
+    })
+}
+
+fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let r = la.dims().len();
+    let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
+    let batch_dims = &la.dims()[..r - 2];
+    let batch: usize = batch_dims.iter().product();
+    let mut out = vec![T::zero(); batch * m * n];
+    if m * n == 0 || k == 0 || batch == 0 {
+        return out;
+    }
+    // Element offsets of each batch's matrices (broadcast batch dims have stride 0).
+    let mut offs = Vec::with_capacity(batch);
+    let walk = Walk::new(batch_dims, [&la.strides()[..r - 2], &lb.strides()[..r - 2]], [la.offset(), lb.offset()]);
+    let (inner, [sa, sb]) = (walk.inner_len, walk.inner_strides);
+    walk.for_rows(0, walk.rows(), |_, [oa, ob]| {
+        for i in 0..inner {
+            offs.push((oa + i * sa, ob + i * sb));
+        }
+    });
+    let (a_rs, a_cs) = (la.strides()[r - 2] as isize, la.strides()[r - 1] as isize);
+    let (b_rs, b_cs) = (lb.strides()[r - 2] as isize, lb.strides()[r - 1] as isize);
+    let one_gemm = |dst: &mut [T], (oa, ob): (usize, usize), par: Parallelism| {
+        // SAFETY: `dst` holds m*n elements written with row stride n, column stride 1;
+        // `a[oa..]` and `b[ob..]` are views the layouts describe, every element they address
+        // lies inside the storage (the tensor layer only builds in-bounds layouts).
+        // gemm reads lhs/rhs and writes dst only through these strides.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr().add(oa),
+                a_cs,
+                a_rs,
+                b.as_ptr().add(ob),
+                b_cs,
+                b_rs,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
+    let macs = m * n * k;
+    let threads = rayon::current_num_threads();
+    if batch > 1 && macs < PAR_GEMM_MACS * 8 && threads > 1 {
+        // Many small products: one per task, each on one thread.
+        out.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(|(dst, &o)| one_gemm(dst, o, Parallelism::None));
+    } else {
+        let par = if macs >= PAR_GEMM_MACS && threads > 1 { Parallelism::Rayon(0) } else { Parallelism::None };
+        for (dst, &o) in out.chunks_mut(m * n).zip(&offs) {
+            one_gemm(dst, o, par);
+        }
+    }
+    out
+}

@@ -1,0 +1,261 @@
+//! The CPU backend: the reference every other backend is tested against, and fast enough
+//! to train on (rayon over chunks, a tuned GEMM, contiguous fast paths).
+//!
+//! Every function takes its operands as (storage, layout) pairs and returns new contiguous
+//! storage. Half types (F16, BF16) are widened to f32 for the math and narrowed back.
+
+mod conv;
+mod elementwise;
+mod index;
+mod matmul;
+mod pool;
+mod reduce;
+mod softmax;
+mod strided;
+
+pub use conv::{col2im, im2col};
+pub use elementwise::{binary, unary, where_cond};
+pub use index::{gather, index_add, index_select, scatter_add};
+pub use matmul::matmul;
+pub use pool::max_pool2d;
+pub use reduce::reduce;
+pub use softmax::{cross_entropy, softmax_last_dim};
+pub use strided::{copy_into, to_contiguous};
+
+use crate::{DType, Error, Layout, Result, WithDType};
+use half::{bf16, f16};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Elements below this count are processed on the calling thread: waking rayon workers
+/// costs more than it saves for the small tensors of a typical training step.
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
+
+static BYTES_IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_NET: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes of CPU storage allocated minus bytes freed *on the calling thread*: unlike
+/// [`bytes_in_use`], other threads' work does not disturb it (tests run in parallel).
+pub fn thread_net_bytes() -> isize {
+    THREAD_NET.with(|c| c.get())
+}
+
+/// Bytes held by live CPU tensor storage right now.
+pub fn bytes_in_use() -> usize {
+    BYTES_IN_USE.load(Ordering::Relaxed)
+}
+/// The most bytes CPU tensor storage has held at once since start (or the last reset).
+pub fn peak_bytes() -> usize {
+    PEAK_BYTES.load(Ordering::Relaxed)
+}
+/// Restarts the peak counter from the current use.
+pub fn reset_peak_bytes() {
+    PEAK_BYTES.store(bytes_in_use(), Ordering::Relaxed);
+}
+
+/// The data of one CPU buffer.
+#[derive(Debug, Clone)]
+pub enum CpuData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    I64(Vec<i64>),
+}
+
+/// A CPU buffer, counted in [`bytes_in_use`] while alive.
+#[derive(Debug)]
+pub struct CpuStorage {
+    data: CpuData,
+}
+
+impl Clone for CpuStorage {
+    fn clone(&self) -> Self {
+        CpuStorage::new(self.data.clone())
+    }
+}
+
+impl CpuStorage {
+    pub fn new(data: CpuData) -> Self {
+        let bytes = data_bytes(&data);
+        let now = BYTES_IN_USE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+        THREAD_NET.with(|c| c.set(c.get() + bytes as isize));
+        CpuStorage { data }
+    }
+    pub fn data(&self) -> &CpuData {
+        &self.data
+    }
+    pub fn data_mut(&mut self) -> &mut CpuData {
+        &mut self.data
+    }
+    pub fn dtype(&self) -> DType {
+        match &self.data {
+            CpuData::F32(_) => DType::F32,
+            CpuData::F64(_) => DType::F64,
+            CpuData::F16(_) => DType::F16,
+            CpuData::BF16(_) => DType::BF16,
+            CpuData::I64(_) => DType::I64,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match &self.data {
+            CpuData::F32(v) => v.len(),
+            CpuData::F64(v) => v.len(),
+            CpuData::F16(v) => v.len(),
+            CpuData::BF16(v) => v.len(),
+            CpuData::I64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A buffer of `n` copies of `value` (converted to `dtype`).
+    pub fn full(value: f64, n: usize, dtype: DType) -> Self {
+        CpuStorage::new(match dtype {
+            DType::F32 => CpuData::F32(vec![value as f32; n]),
+            DType::F64 => CpuData::F64(vec![value; n]),
+            DType::F16 => CpuData::F16(vec![f16::from_f64(value); n]),
+            DType::BF16 => CpuData::BF16(vec![bf16::from_f64(value); n]),
+            DType::I64 => CpuData::I64(vec![value as i64; n]),
+        })
+    }
+
+    /// Builds storage of `dtype` from f64 values (creation ops, RNG output).
+    pub fn from_f64(values: Vec<f64>, dtype: DType) -> Self {
+        CpuStorage::new(match dtype {
+            DType::F64 => CpuData::F64(values),
+            DType::F32 => CpuData::F32(values.into_iter().map(|v| v as f32).collect()),
+            DType::F16 => CpuData::F16(values.into_iter().map(f16::from_f64).collect()),
+            DType::BF16 => CpuData::BF16(values.into_iter().map(bf16::from_f64).collect()),
+            DType::I64 => CpuData::I64(values.into_iter().map(|v| v as i64).collect()),
+        })
+    }
+
+    pub fn from_vec<T: WithDType>(values: Vec<T>) -> Self {
+        // Dispatch on T's dtype through a cast of the Vec we know has that element type.
+        let any: Box<dyn std::any::Any> = Box::new(values);
+        let data = match T::DTYPE {
+            DType::F32 => CpuData::F32(*any.downcast::<Vec<f32>>().expect("dtype tag matches type")),
+            DType::F64 => CpuData::F64(*any.downcast::<Vec<f64>>().expect("dtype tag matches type")),
+            DType::F16 => CpuData::F16(*any.downcast::<Vec<f16>>().expect("dtype tag matches type")),
+            DType::BF16 => CpuData::BF16(*any.downcast::<Vec<bf16>>().expect("dtype tag matches type")),
+            DType::I64 => CpuData::I64(*any.downcast::<Vec<i64>>().expect("dtype tag matches type")),
+        };
+        CpuStorage::new(data)
+    }
+
+    /// The elements of the view `layout`, in row-major order, converted to T.
+    pub fn to_vec<T: WithDType>(&self, layout: &Layout) -> Vec<T> {
+        fn conv<S: WithDType, T: WithDType>(v: &[S], l: &Layout) -> Vec<T> {
+            strided::map(v, l, |x| T::from_f64(x.to_f64()))
+        }
+        match &self.data {
+            CpuData::F32(v) => conv(v, layout),
+            CpuData::F64(v) => conv(v, layout),
+            CpuData::F16(v) => conv(v, layout),
+            CpuData::BF16(v) => conv(v, layout),
+            CpuData::I64(v) => conv(v, layout),
+        }
+    }
+
+    /// Converts the view to a contiguous buffer of another dtype.
+    pub fn cast(&self, layout: &Layout, dtype: DType) -> Self {
+        if dtype == self.dtype() {
+            return to_contiguous(self, layout);
+        }
+        match dtype {
+            DType::F32 => CpuStorage::new(CpuData::F32(self.to_vec(layout))),
+            DType::F64 => CpuStorage::new(CpuData::F64(self.to_vec(layout))),
+            DType::F16 => CpuStorage::new(CpuData::F16(self.to_vec(layout))),
+            DType::BF16 => CpuStorage::new(CpuData::BF16(self.to_vec(layout))),
+            DType::I64 => CpuStorage::new(CpuData::I64(self.to_vec(layout))),
+        }
+    }
+
+    /// The view as i64 indices (labels, index tensors), erroring on a non-I64 dtype.
+    pub fn indices(&self, layout: &Layout, op: &'static str) -> Result<Vec<i64>> {
+        match &self.data {
+            CpuData::I64(v) => Ok(strided::map(v, layout, |x| x)),
+            _ => Err(Error::UnsupportedDType { op, dtype: self.dtype(), msg: "indices must be I64" }),
+        }
+    }
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        let bytes = data_bytes(&self.data);
+        BYTES_IN_USE.fetch_sub(bytes, Ordering::Relaxed);
+        THREAD_NET.with(|c| c.set(c.get() - bytes as isize));
+    }
+}
+
+fn data_bytes(d: &CpuData) -> usize {
+    match d {
+        CpuData::F32(v) => v.len() * 4,
+        CpuData::F64(v) => v.len() * 8,
+        CpuData::F16(v) => v.len() * 2,
+        CpuData::BF16(v) => v.len() * 2,
+        CpuData::I64(v) => v.len() * 8,
+    }
+}
+
+/// A float element the CPU kernels compute in (f32 or f64).
+pub(crate) trait Float: num_traits::Float + WithDType + Default + Send + Sync + std::iter::Sum {
+    fn erf(self) -> Self;
+}
+impl Float for f32 {
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
+}
+impl Float for f64 {
+    fn erf(self) -> f64 {
+        libm::erf(self)
+    }
+}
+
+/// What a float kernel is handed: the operand widened to f32 when it is a half type.
+pub(crate) enum FloatView<'a> {
+    F32(std::borrow::Cow<'a, [f32]>, Layout),
+    F64(&'a [f64], Layout),
+}
+
+/// Widens half types to a contiguous f32 copy; f32/f64 pass through by reference.
+pub(crate) fn float_view<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<FloatView<'a>> {
+    use std::borrow::Cow;
+    Ok(match &s.data {
+        CpuData::F32(v) => FloatView::F32(Cow::Borrowed(v), l.clone()),
+        CpuData::F64(v) => FloatView::F64(v, l.clone()),
+        CpuData::F16(_) | CpuData::BF16(_) => {
+            FloatView::F32(Cow::Owned(s.to_vec::<f32>(l)), Layout::contiguous(l.shape().clone()))
+        }
+        CpuData::I64(_) => return Err(Error::UnsupportedDType { op, dtype: DType::I64, msg: "needs a float dtype" }),
+    })
+}
+
+/// Wraps an f32 result back into the caller's dtype (narrowing half types again).
+pub(crate) fn from_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
+    CpuStorage::new(match dtype {
+        DType::F16 => CpuData::F16(v.into_iter().map(f16::from_f32).collect()),
+        DType::BF16 => CpuData::BF16(v.into_iter().map(bf16::from_f32).collect()),
+        DType::F64 => CpuData::F64(v.into_iter().map(|x| x as f64).collect()),
+        DType::I64 => CpuData::I64(v.into_iter().map(|x| x as i64).collect()),
+        DType::F32 => CpuData::F32(v),
+    })
+}
+
+/// The view's elements as a contiguous slice, borrowed when already contiguous.
+pub(crate) fn to_contiguous_vec<'a, T: Copy + Send + Sync + Default>(
+    v: &'a [T],
+    l: &Layout,
+) -> std::borrow::Cow<'a, [T]> {
+    match l.contiguous_range() {
+        Some(r) => std::borrow::Cow::Borrowed(&v[r]),
+        None => std::borrow::Cow::Owned(strided::map(v, l, |x| x)),
+    }
+}

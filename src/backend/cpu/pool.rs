@@ -1,0 +1,61 @@
+//! Max pooling with the argmax of every window, so the gradient is a scatter_add.
+
+use super::{float_view, from_f32, CpuData, CpuStorage, Float, FloatView};
+use crate::backend::Window2d;
+use crate::{Layout, Result};
+use rayon::prelude::*;
+
+/// x [n, c, h, w] -> (values [n, c, oh, ow], indices I64 into each h*w plane).
+/// Padding never wins (it acts as -inf), as in PyTorch.
+pub fn max_pool2d(s: &CpuStorage, l: &Layout, w: &Window2d) -> Result<(CpuStorage, CpuStorage)> {
+    Ok(match float_view(s, l, "max_pool2d")? {
+        FloatView::F32(v, l2) => {
+            let (vals, idx) = pool_t(&super::to_contiguous_vec(&v, &l2), l.dims(), w);
+            (from_f32(vals, s.dtype()), CpuStorage::new(CpuData::I64(idx)))
+        }
+        FloatView::F64(v, l2) => {
+            let (vals, idx) = pool_t(&super::to_contiguous_vec(v, &l2), l.dims(), w);
+            (CpuStorage::new(CpuData::F64(vals)), CpuStorage::new(CpuData::I64(idx)))
+        }
+    })
+}
+
+fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>) {
+    let (n, c, h, wd) = (dims[0], dims[1], dims[2], dims[3]);
+    let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
+    let planes = n * c;
+    let mut vals = vec![T::zero(); planes * oh * ow];
+    let mut idx = vec![0i64; planes * oh * ow];
+    if vals.is_empty() {
+        return (vals, idx);
+    }
+    vals.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vo, io))| {
+        let src = &x[p * h * wd..(p + 1) * h * wd];
+        for y in 0..oh {
+            for xo in 0..ow {
+                let mut best = T::neg_infinity();
+                let mut best_i = -1i64;
+                for i in 0..w.kernel.0 {
+                    let Some(sy) = (y * w.stride.0 + i * w.dilation.0).checked_sub(w.padding.0) else { continue };
+                    if sy >= h {
+                        continue;
+                    }
+                    for j in 0..w.kernel.1 {
+                        let Some(sx) = (xo * w.stride.1 + j * w.dilation.1).checked_sub(w.padding.1) else { continue };
+                        if sx >= wd {
+                            continue;
+                        }
+                        let v = src[sy * wd + sx];
+                        if best_i < 0 || v > best || v.is_nan() {
+                            best = v;
+                            best_i = (sy * wd + sx) as i64;
+                        }
+                    }
+                }
+                vo[y * ow + xo] = best;
+                io[y * ow + xo] = best_i.max(0);
+            }
+        }
+    });
+    (vals, idx)
+}

@@ -1,0 +1,163 @@
+//! Backends. `Storage` is the one enum over devices; each method below is the single
+//! dispatch point of one op family (the place a future graph recorder wraps). The CUDA
+//! variant joins the CPU one here.
+
+pub mod cpu;
+mod ops;
+
+pub use cpu::CpuStorage;
+pub use ops::{BinaryOp, ReduceOp, UnaryOp, Window2d};
+
+use crate::{DType, Device, Layout, Result};
+
+/// A buffer on some device.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn full(value: f64, n: usize, dtype: DType, device: Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::full(value, n, dtype))),
+            Device::Cuda(n) => Err(crate::device::cuda_unavailable(n)),
+        }
+    }
+    pub fn from_f64(values: Vec<f64>, dtype: DType, device: Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_f64(values, dtype))),
+            Device::Cuda(n) => Err(crate::device::cuda_unavailable(n)),
+        }
+    }
+
+    pub fn to_contiguous(&self, l: &Layout) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(cpu::to_contiguous(s, l))),
+        }
+    }
+    pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.cast(l, dtype))),
+        }
+    }
+    /// Copies `src` (viewed by `src_l`) into the region `dst_l` of `self`.
+    pub fn copy_into(&mut self, dst_l: &Layout, src: &Storage, src_l: &Layout) -> Result<()> {
+        match (self, src) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => cpu::copy_into(d, dst_l, s, src_l),
+        }
+        Ok(())
+    }
+    pub fn indices(&self, l: &Layout, op: &'static str) -> Result<Vec<i64>> {
+        match self {
+            Storage::Cpu(s) => s.indices(l, op),
+        }
+    }
+
+    pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::unary(s, l, op).map(Storage::Cpu),
+        }
+    }
+    pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => cpu::binary(a, l, b, rl, op).map(Storage::Cpu),
+        }
+    }
+    pub fn where_cond(&self, l: &Layout, a: &Storage, la: &Layout, b: &Storage, lb: &Layout) -> Result<Storage> {
+        match (self, a, b) {
+            (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {
+                cpu::where_cond(c, l, a, la, b, lb).map(Storage::Cpu)
+            }
+        }
+    }
+    pub fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::reduce(s, l, dims, op).map(Storage::Cpu),
+        }
+    }
+    pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => cpu::matmul(a, l, b, rl).map(Storage::Cpu),
+        }
+    }
+    pub fn index_select(&self, l: &Layout, dim: usize, idx: &[i64]) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::index_select(s, l, dim, idx).map(Storage::Cpu),
+        }
+    }
+    pub fn index_add(&self, l: &Layout, dim: usize, idx: &[i64], src: &Storage, sl: &Layout) -> Result<Storage> {
+        match (self, src) {
+            (Storage::Cpu(b), Storage::Cpu(s)) => cpu::index_add(b, l, dim, idx, s, sl).map(Storage::Cpu),
+        }
+    }
+    pub fn gather(&self, l: &Layout, dim: usize, index: &[i64], n: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::gather(s, l, dim, index, n).map(Storage::Cpu),
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn scatter_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &[i64],
+        n: usize,
+        src: &Storage,
+        sl: &Layout,
+    ) -> Result<Storage> {
+        match (self, src) {
+            (Storage::Cpu(b), Storage::Cpu(s)) => cpu::scatter_add(b, l, dim, index, n, s, sl).map(Storage::Cpu),
+        }
+    }
+    pub fn im2col(&self, l: &Layout, w: &Window2d) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::im2col(s, l, w).map(Storage::Cpu),
+        }
+    }
+    pub fn col2im(&self, l: &Layout, x_dims: &[usize], w: &Window2d) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::col2im(s, l, x_dims, w).map(Storage::Cpu),
+        }
+    }
+    pub fn max_pool2d(&self, l: &Layout, w: &Window2d) -> Result<(Storage, Storage)> {
+        match self {
+            Storage::Cpu(s) => cpu::max_pool2d(s, l, w).map(|(v, i)| (Storage::Cpu(v), Storage::Cpu(i))),
+        }
+    }
+    pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => cpu::softmax_last_dim(s, l, log).map(Storage::Cpu),
+        }
+    }
+    pub fn cross_entropy(
+        &self,
+        l: &Layout,
+        labels: &[i64],
+        smoothing: f64,
+        want_grad: bool,
+    ) -> Result<(f64, Option<Storage>)> {
+        match self {
+            Storage::Cpu(s) => {
+                cpu::cross_entropy(s, l, labels, smoothing, want_grad).map(|(v, g)| (v, g.map(Storage::Cpu)))
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The backend's primitive op families, shared by every device. Tinygrad's lesson: keep
+//! this list short; layers compose these, they rarely need a new primitive.
+
+/// Elementwise functions of one operand. Gradients of the smooth ones are themselves
+/// unary ops (`GeluGrad`, `SiluGrad`, `Step`) so backward needs no extra kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// Exact (erf) GELU, PyTorch's default.
+    Gelu,
+    /// d/dx of exact GELU: Φ(x) + x·φ(x).
+    GeluGrad,
+    Silu,
+    /// d/dx of SiLU: σ(x)·(1 + x·(1 − σ(x))).
+    SiluGrad,
+    /// -1, 0 or 1.
+    Sign,
+    /// 1 where x > 0, else 0.
+    Step,
+    Recip,
+    Sqr,
+    /// mul·x + add.
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+    /// x^p for a scalar p.
+    Powf(f64),
+}
+
+/// Elementwise functions of two operands (broadcast by strides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Maximum,
+    Minimum,
+    /// Comparisons give 1 or 0 in the operands' dtype.
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// Reductions over a set of dims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+    /// Index (I64) of the first maximum.
+    ArgMax,
+    ArgMin,
+}
+
+/// Geometry of a 2-D sliding window (convolution, unfold, pooling), per spatial axis (h, w).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Window2d {
+    /// Output extent along one axis, or None when the window does not fit.
+    pub fn out_len(input: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+        let span = dil * (kernel - 1) + 1;
+        let padded = input + 2 * pad;
+        (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
+    }
+    /// (out_h, out_w) for an input of (h, w).
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        Some((
+            Self::out_len(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            Self::out_len(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
+        ))
+    }
+}

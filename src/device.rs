@@ -1,0 +1,48 @@
+//! Where a tensor lives.
+
+use crate::{Error, Result};
+
+/// A compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// The n-th CUDA device. Errors (never panics) when CUDA cannot be used.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Err(cuda_unavailable(ordinal))
+    }
+
+    /// The best device present: a working GPU, else the CPU (and it logs why).
+    pub fn best() -> Device {
+        match Device::cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!("using the CPU: {e}");
+                Device::Cpu
+            }
+        }
+    }
+
+    pub fn is_cpu(self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The error for any use of a CUDA device while Kiln has no CUDA backend.
+pub(crate) fn cuda_unavailable(ordinal: usize) -> Error {
+    Error::DeviceUnavailable { device: Device::Cuda(ordinal), msg: "this build of Kiln has no CUDA backend yet".into() }
+}

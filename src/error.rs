@@ -1,0 +1,66 @@
+//! The typed error every fallible Kiln call returns. Each variant names the op and the
+//! offending values (shapes, dtypes, devices, indices) so a user can fix the call from
+//! the message alone.
+
+use crate::{DType, Device, Shape};
+
+/// Kiln's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two operands whose shapes cannot be combined (broadcast, matmul, cat, ...).
+    #[error("{op}: shape mismatch between {lhs} and {rhs}")]
+    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
+
+    /// A shape that is wrong for the op on its own (e.g. matmul of a 0-d tensor).
+    #[error("{op}: invalid shape {shape}: {msg}")]
+    InvalidShape { op: &'static str, shape: Shape, msg: String },
+
+    /// The number of elements does not match the requested shape.
+    #[error("{op}: {got} elements cannot form shape {shape}")]
+    ElementCount { op: &'static str, shape: Shape, got: usize },
+
+    /// Two operands of different dtypes (Kiln never promotes silently).
+    #[error("{op}: dtype mismatch, {lhs:?} vs {rhs:?}")]
+    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+
+    /// An op that does not exist for this dtype (e.g. `exp` on I64).
+    #[error("{op}: unsupported dtype {dtype:?}{}", if .msg.is_empty() { String::new() } else { format!(" ({})", .msg) })]
+    UnsupportedDType { op: &'static str, dtype: DType, msg: &'static str },
+
+    /// Operands on different devices.
+    #[error("{op}: device mismatch, {lhs} vs {rhs}")]
+    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+
+    /// A dimension index outside `-rank..rank`.
+    #[error("{op}: dimension {dim} out of range for a tensor of rank {rank}")]
+    DimOutOfRange { op: &'static str, dim: isize, rank: usize },
+
+    /// An element index outside `0..size` (index_select, gather, embedding, labels, narrow).
+    #[error("{op}: index {index} out of range for size {size}")]
+    IndexOutOfRange { op: &'static str, index: i64, size: usize },
+
+    /// Any other invalid argument, with a sentence saying what was wrong.
+    #[error("{op}: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+
+    /// Autograd misuse: backward of a non-scalar without a gradient, etc.
+    #[error("backward: {0}")]
+    Backward(String),
+
+    /// A device that cannot be used (no driver, no GPU, index too large).
+    #[error("device {device}: {msg}")]
+    DeviceUnavailable { device: Device, msg: String },
+
+    /// An I/O error with the path it concerns.
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// `Result` with Kiln's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, msg: msg.into() }
+    }
+}

@@ -1,0 +1,94 @@
+//! Convolution as unfold (im2col) + one batched GEMM. Only `unfold` is a primitive: its
+//! gradient is `fold` (col2im), and conv2d's backward falls out of matmul's.
+
+use crate::backend::Window2d;
+use crate::{Error, Layout, Result, Shape, Tensor};
+
+/// Per-axis (h, w) convolution settings, PyTorch's defaults via `Default` (stride 1, no
+/// padding, dilation 1, one group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+impl Tensor {
+    /// Sliding windows of x [n, c, h, w] as columns [n, c·kh·kw, oh·ow] (torch's `unfold`).
+    pub fn unfold2d(&self, w: Window2d) -> Result<Tensor> {
+        let (oh, ow) = self.check_window("unfold", &w)?;
+        let s = self.storage().im2col(self.layout(), &w)?;
+        let (n, c) = (self.dims()[0], self.dims()[1]);
+        let shape = Shape::new(vec![n, c * w.kernel.0 * w.kernel.1, oh * ow]);
+        let x_dims = self.dims().to_vec();
+        Ok(Tensor::from_op(s, Layout::contiguous(shape), "unfold", &[self], move |g| {
+            let gs = g.storage().col2im(g.layout(), &x_dims, &w)?;
+            Ok(vec![Some(Tensor::from_storage(gs, Layout::contiguous(x_dims.into())))])
+        }))
+    }
+
+    /// Checks x is [n, c, h, w], the window is sane and fits; returns (oh, ow).
+    pub(crate) fn check_window(&self, op: &'static str, w: &Window2d) -> Result<(usize, usize)> {
+        self.check_float(op)?;
+        if self.rank() != 4 {
+            return Err(Error::InvalidShape {
+                op,
+                shape: self.shape().clone(),
+                msg: "input must be [batch, channels, height, width]".into(),
+            });
+        }
+        let zero = |p: (usize, usize)| p.0 == 0 || p.1 == 0;
+        if zero(w.kernel) || zero(w.stride) || zero(w.dilation) {
+            return Err(Error::invalid(
+                op,
+                format!("kernel {:?}, stride {:?} and dilation {:?} must be positive", w.kernel, w.stride, w.dilation),
+            ));
+        }
+        w.out_hw(self.dims()[2], self.dims()[3]).filter(|&(h, w)| h > 0 && w > 0).ok_or_else(|| Error::InvalidShape {
+            op,
+            shape: self.shape().clone(),
+            msg: format!("a {:?} window (padding {:?}, dilation {:?}) does not fit", w.kernel, w.padding, w.dilation),
+        })
+    }
+
+    /// 2-D convolution (cross-correlation, as PyTorch): x [n, c, h, w], weight
+    /// [out, c/groups, kh, kw], optional bias [out] -> [n, out, oh, ow].
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        self.check_same("conv2d", weight)?;
+        let g = opt.groups;
+        let bad = || Error::ShapeMismatch { op: "conv2d", lhs: self.shape().clone(), rhs: weight.shape().clone() };
+        if weight.rank() != 4 || self.rank() != 4 || g == 0 {
+            return Err(bad());
+        }
+        let (n, c) = (self.dims()[0], self.dims()[1]);
+        let (o, cg, kh, kw) = (weight.dims()[0], weight.dims()[1], weight.dims()[2], weight.dims()[3]);
+        if c % g != 0 || o % g != 0 || cg != c / g {
+            return Err(bad());
+        }
+        let w = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
+        let (oh, ow) = self.check_window("conv2d", &w)?;
+        let cols = self.unfold2d(w)?.reshape([n, g, cg * kh * kw, oh * ow])?;
+        let wm = weight.reshape([g, o / g, cg * kh * kw])?;
+        let out = wm.matmul(&cols)?.reshape([n, o, oh, ow])?;
+        match bias {
+            None => Ok(out),
+            Some(b) => {
+                if b.dims() != [o] {
+                    return Err(Error::ShapeMismatch {
+                        op: "conv2d (bias)",
+                        lhs: weight.shape().clone(),
+                        rhs: b.shape().clone(),
+                    });
+                }
+                out.add(&b.reshape([1, o, 1, 1])?)
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Finite-difference gradient checks in F64 for every differentiable op, on random inputs,
+//! with broadcast and non-contiguous (transposed, sliced) operands.
+
+use crate::common::{gradcheck, leaf};
+use kiln::{Conv2dOptions, DType, Device, Tensor};
+
+#[test]
+fn unary_ops() {
+    type F = fn(&Tensor) -> kiln::Result<Tensor>;
+    let ops: [(&str, F, f64, f64); 17] = [
+        ("neg", |x| x.neg(), -2.0, 2.0),
+        ("exp", |x| x.exp(), -2.0, 2.0),
+        ("log", |x| x.log(), 0.2, 3.0),
+        ("sqrt", |x| x.sqrt(), 0.2, 3.0),
+        ("abs", |x| x.abs(), 0.1, 2.0),
+        ("abs_neg", |x| x.abs(), -2.0, -0.1),
+        ("tanh", |x| x.tanh(), -2.0, 2.0),
+        ("sigmoid", |x| x.sigmoid(), -3.0, 3.0),
+        ("relu_pos", |x| x.relu(), 0.1, 2.0),
+        ("relu_neg", |x| x.relu(), -2.0, -0.1),
+        ("gelu", |x| x.gelu(), -3.0, 3.0),
+        ("silu", |x| x.silu(), -3.0, 3.0),
+        ("recip", |x| x.recip(), 0.5, 2.0),
+        ("sqr", |x| x.sqr(), -2.0, 2.0),
+        ("affine", |x| x.affine(-1.5, 0.25), -2.0, 2.0),
+        ("powf", |x| x.powf(2.5), 0.2, 2.0),
+        ("mul_scalar", |x| x.mul_scalar(3.0), -2.0, 2.0),
+    ];
+    for (i, (name, f, lo, hi)) in ops.iter().enumerate() {
+        let x = leaf(&[3, 4], i as u64, *lo, *hi);
+        gradcheck(name, std::slice::from_ref(&x), |v| f(&v[0]));
+        // Non-contiguous input: the transpose of a leaf, and a slice of one.
+        gradcheck(&format!("{name} (transposed)"), std::slice::from_ref(&x), |v| f(&v[0].t()?));
+        gradcheck(&format!("{name} (narrowed)"), std::slice::from_ref(&x), |v| f(&v[0].narrow(1, 1, 2)?));
+    }
+}
+
+#[test]
+fn binary_ops_with_broadcast() {
+    type F = fn(&Tensor, &Tensor) -> kiln::Result<Tensor>;
+    let ops: [(&str, F, f64, f64); 7] = [
+        ("add", |a, b| a.add(b), -2.0, 2.0),
+        ("sub", |a, b| a.sub(b), -2.0, 2.0),
+        ("mul", |a, b| a.mul(b), -2.0, 2.0),
+        ("div", |a, b| a.div(b), 0.5, 2.0),
+        ("pow", |a, b| a.pow(b), 0.5, 2.0),
+        ("maximum", |a, b| a.maximum(b), -2.0, 2.0),
+        ("minimum", |a, b| a.minimum(b), -2.0, 2.0),
+    ];
+    for (i, (name, f, lo, hi)) in ops.iter().enumerate() {
+        let s = 10 * i as u64;
+        // Same shape; row broadcast; column broadcast against a transposed view; rank broadcast.
+        let (a, b) = (leaf(&[3, 4], s, *lo, *hi), leaf(&[3, 4], s + 1, *lo, *hi));
+        gradcheck(name, &[a.clone(), b.clone()], |v| f(&v[0], &v[1]));
+        let (a, b) = (leaf(&[3, 4], s + 2, *lo, *hi), leaf(&[4], s + 3, *lo, *hi));
+        gradcheck(&format!("{name} [3,4]x[4]"), &[a, b], |v| f(&v[0], &v[1]));
+        let (a, b) = (leaf(&[4, 3], s + 4, *lo, *hi), leaf(&[3, 1], s + 5, *lo, *hi));
+        gradcheck(&format!("{name} [4,3]ᵀx[3,1]"), &[a, b], |v| f(&v[0].t()?, &v[1]));
+        let (a, b) = (leaf(&[2, 1, 3], s + 6, *lo, *hi), leaf(&[4, 1], s + 7, *lo, *hi));
+        gradcheck(&format!("{name} [2,1,3]x[4,1]"), &[a, b], |v| f(&v[0], &v[1]));
+    }
+}
+
+#[test]
+fn reductions() {
+    let x = leaf(&[3, 4, 5], 1, -2.0, 2.0);
+    let xs = std::slice::from_ref(&x);
+    for keep in [false, true] {
+        gradcheck("sum all", xs, |v| v[0].sum(&[], keep));
+        gradcheck("sum 1", xs, |v| v[0].sum(&[1], keep));
+        gradcheck("sum 0,2", xs, |v| v[0].sum(&[0, -1], keep));
+        gradcheck("mean 2", xs, |v| v[0].mean(&[2], keep));
+        gradcheck("mean 0,1", xs, |v| v[0].mean(&[0, 1], keep));
+        gradcheck("max 1", xs, |v| v[0].max(&[1], keep));
+        gradcheck("max all", xs, |v| v[0].max(&[], keep));
+        gradcheck("min 0,2", xs, |v| v[0].min(&[0, 2], keep));
+        gradcheck("var 2", xs, |v| v[0].var(&[2], true, keep));
+        gradcheck("var 0,1 biased", xs, |v| v[0].var(&[0, 1], false, keep));
+    }
+    // Reductions of a non-contiguous view.
+    gradcheck("sum of permuted", xs, |v| v[0].permute(&[2, 0, 1])?.sum(&[1], false));
+    gradcheck("max of transposed", xs, |v| v[0].transpose(0, 2)?.max(&[0], false));
+}
+
+#[test]
+fn matmul_shapes() {
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[3, 4], &[4, 5]),
+        (&[2, 3, 4], &[2, 4, 5]),
+        (&[2, 3, 4], &[4, 5]),       // broadcast rhs over the batch
+        (&[2, 1, 3, 4], &[3, 4, 2]), // broadcast batch dims on both sides
+        (&[4], &[4, 3]),             // vector @ matrix
+        (&[2, 3, 4], &[4]),          // batch @ vector
+    ];
+    for (i, (sa, sb)) in cases.iter().enumerate() {
+        let (a, b) = (leaf(sa, 100 + i as u64, -1.0, 1.0), leaf(sb, 200 + i as u64, -1.0, 1.0));
+        gradcheck(&format!("matmul {sa:?} @ {sb:?}"), &[a, b], |v| v[0].matmul(&v[1]));
+    }
+    // Transposed operands (the layouts backward itself produces).
+    let (a, b) = (leaf(&[4, 3], 7, -1.0, 1.0), leaf(&[5, 4], 8, -1.0, 1.0));
+    gradcheck("matmul aᵀ @ bᵀ", &[a, b], |v| v[0].t()?.matmul(&v[1].t()?));
+}
+
+#[test]
+fn softmax_and_losses() {
+    let x = leaf(&[3, 5], 3, -3.0, 3.0);
+    let xs = std::slice::from_ref(&x);
+    gradcheck("softmax -1", xs, |v| v[0].softmax(-1));
+    gradcheck("softmax 0", xs, |v| v[0].softmax(0));
+    gradcheck("log_softmax -1", xs, |v| v[0].log_softmax(-1));
+    gradcheck("log_softmax of transposed", xs, |v| v[0].t()?.log_softmax(1));
+    let labels = Tensor::from_vec(vec![4i64, 0, 2], [3], Device::Cpu).unwrap();
+    for eps in [0.0, 0.1] {
+        gradcheck(&format!("cross_entropy ε={eps}"), xs, |v| v[0].cross_entropy(&labels, eps));
+    }
+    gradcheck("cross_entropy of narrowed logits", xs, |v| {
+        v[0].narrow(1, 1, 4)?.cross_entropy(&labels.affine_i64(-1).unwrap(), 0.0)
+    });
+    gradcheck("nll_loss", xs, |v| v[0].log_softmax(1)?.nll_loss(&labels));
+    let t = leaf(&[3, 5], 4, -1.0, 1.0);
+    gradcheck("mse_loss", &[x.clone(), t], |v| v[0].mse_loss(&v[1]));
+}
+
+/// Labels shifted by `k` and clamped into range (helper for the narrowed case).
+trait Shift {
+    fn affine_i64(&self, k: i64) -> kiln::Result<Tensor>;
+}
+impl Shift for Tensor {
+    fn affine_i64(&self, k: i64) -> kiln::Result<Tensor> {
+        let v: Vec<i64> = self.to_vec::<i64>()?.into_iter().map(|x| (x + k).clamp(0, 3)).collect();
+        Tensor::from_vec(v, self.shape().clone(), Device::Cpu)
+    }
+}
+
+#[test]
+fn conv2d_variants() {
+    let opts = [
+        Conv2dOptions::default(),
+        Conv2dOptions { stride: (2, 1), padding: (1, 2), ..Default::default() },
+        Conv2dOptions { dilation: (2, 2), padding: (1, 1), ..Default::default() },
+        Conv2dOptions { groups: 2, padding: (1, 1), ..Default::default() },
+    ];
+    for (i, opt) in opts.iter().enumerate() {
+        let s = 300 + 10 * i as u64;
+        let x = leaf(&[2, 4, 5, 6], s, -1.0, 1.0);
+        let w = leaf(&[4, 4 / opt.groups, 3, 2], s + 1, -1.0, 1.0);
+        let b = leaf(&[4], s + 2, -1.0, 1.0);
+        let opt = *opt;
+        gradcheck(&format!("conv2d {opt:?}"), &[x, w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    }
+    // A non-contiguous input (channels and height swapped back into place).
+    let x = leaf(&[2, 5, 3, 4], 350, -1.0, 1.0);
+    let w = leaf(&[2, 3, 2, 2], 351, -1.0, 1.0);
+    gradcheck("conv2d of permuted input", &[x, w], |v| {
+        v[0].permute(&[0, 2, 1, 3])?.conv2d(&v[1], None, Conv2dOptions::default())
+    });
+}
+
+#[test]
+fn pooling() {
+    let x = leaf(&[2, 3, 6, 5], 400, -1.0, 1.0);
+    let xs = std::slice::from_ref(&x);
+    gradcheck("max_pool2d 2x2", xs, |v| v[0].max_pool2d((2, 2), (2, 2), (0, 0)));
+    gradcheck("max_pool2d 3x3 s1 p1", xs, |v| v[0].max_pool2d((3, 3), (1, 1), (1, 1)));
+    gradcheck("max_pool2d of transposed", xs, |v| v[0].transpose(2, 3)?.max_pool2d((2, 2), (2, 1), (0, 0)));
+    gradcheck("avg_pool2d 2x2", xs, |v| v[0].avg_pool2d((2, 2), (2, 2), (0, 0)));
+    gradcheck("avg_pool2d 3x2 s1 p1", xs, |v| v[0].avg_pool2d((3, 2), (1, 1), (1, 1)));
+}
+
+#[test]
+fn indexing_and_selection() {
+    let x = leaf(&[4, 3], 500, -1.0, 1.0);
+    let xs = std::slice::from_ref(&x);
+    let idx = Tensor::from_vec(vec![2i64, 0, 2, 3], [4], Device::Cpu).unwrap();
+    gradcheck("index_select 0 (repeats)", xs, |v| v[0].index_select(0, &idx));
+    let idx1 = Tensor::from_vec(vec![1i64, 1, 0], [3], Device::Cpu).unwrap();
+    gradcheck("index_select 1 of transposed", xs, |v| v[0].t()?.index_select(1, &idx1));
+    let gidx = Tensor::from_vec(vec![0i64, 2, 1, 1, 2, 0, 0, 0], [4, 2], Device::Cpu).unwrap();
+    gradcheck("gather 1", xs, |v| v[0].gather(1, &gidx));
+    let src = leaf(&[4, 2], 501, -1.0, 1.0);
+    gradcheck("scatter_add", &[x.clone(), src], |v| v[0].scatter_add(1, &gidx, &v[1]));
+    let add_src = leaf(&[4, 4], 502, -1.0, 1.0);
+    gradcheck("index_add", &[x.clone(), add_src], |v| v[0].t()?.index_add(1, &idx, &v[1].narrow(0, 0, 3)?));
+    let table = leaf(&[5, 3], 503, -1.0, 1.0);
+    let ids = Tensor::from_vec(vec![4i64, 0, 4, 2, 1, 1], [2, 3], Device::Cpu).unwrap();
+    gradcheck("embedding", std::slice::from_ref(&table), |v| v[0].embedding(&ids));
+    let (a, b) = (leaf(&[3, 4], 504, -1.0, 1.0), leaf(&[4], 505, -1.0, 1.0));
+    let cond = Tensor::from_vec(vec![1.0f64, 0.0, 0.0, 1.0], [4], Device::Cpu).unwrap();
+    gradcheck("where (broadcast)", &[a.clone(), b], |v| Tensor::where_cond(&cond, &v[0], &v[1]));
+    gradcheck("masked_fill", std::slice::from_ref(&a), |v| v[0].masked_fill(&cond, -7.0));
+}
+
+#[test]
+fn movement_ops() {
+    let x = leaf(&[2, 3, 4], 600, -1.0, 1.0);
+    let y = leaf(&[2, 1, 4], 601, -1.0, 1.0);
+    let xs = std::slice::from_ref(&x);
+    gradcheck("reshape", xs, |v| v[0].reshape([4, 6]));
+    gradcheck("reshape of transposed (copies)", xs, |v| v[0].transpose(0, 2)?.reshape([24]));
+    gradcheck("flatten", xs, |v| v[0].flatten(1, 2));
+    gradcheck("permute", xs, |v| v[0].permute(&[2, 0, 1]));
+    gradcheck("narrow", xs, |v| v[0].narrow(1, 1, 2));
+    gradcheck("broadcast_to", std::slice::from_ref(&y), |v| v[0].broadcast_to([3, 2, 5, 4]));
+    gradcheck("squeeze/unsqueeze", std::slice::from_ref(&y), |v| v[0].squeeze(1)?.unsqueeze(0));
+    gradcheck("contiguous", xs, |v| v[0].transpose(1, 2)?.contiguous());
+    gradcheck("cat", &[x.clone(), y.clone()], |v| Tensor::cat(&[v[0].clone(), v[1].clone(), v[0].narrow(1, 0, 1)?], 1));
+    gradcheck("stack", std::slice::from_ref(&x), |v| Tensor::stack(&[v[0].clone(), v[0].mul_scalar(2.0)?], 1));
+}
+
+#[test]
+fn dropout_gradient_uses_the_same_mask() {
+    let x = leaf(&[4, 5], 700, -1.0, 1.0);
+    gradcheck("dropout", std::slice::from_ref(&x), |v| v[0].dropout_with(0.4, &mut kiln::Generator::new(3)));
+}
+
+#[test]
+fn dtype_cast_passes_gradient_back() {
+    let x = leaf(&[3], 800, -1.0, 1.0);
+    let y = x.to_dtype(DType::F32).unwrap().mul_scalar(2.0).unwrap().sum_all().unwrap();
+    y.backward().unwrap();
+    let g = x.grad().unwrap();
+    assert_eq!(g.dtype(), DType::F64);
+    assert_eq!(g.to_vec::<f64>().unwrap(), vec![2.0; 3]);
+}
