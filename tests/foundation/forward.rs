@@ -207,13 +207,15 @@ fn naive_matmul(a: &Nd, b: &Nd) -> Nd {
 
 #[test]
 fn matmul_matches_naive() {
-    let cases: [(&[usize], &[usize]); 6] = [
+    let cases: [(&[usize], &[usize]); 8] = [
         (&[5, 7], &[7, 3]),
-        (&[130, 70], &[70, 150]), // large enough for the multi-threaded GEMM path
-        (&[4, 8, 8], &[4, 8, 8]), // many small GEMMs: the one-task-per-batch path
+        (&[130, 70], &[70, 150]),         // large enough for the multi-threaded GEMM path
+        (&[3, 100, 110], &[3, 110, 100]), // a few mid-size GEMMs: the one-task-per-batch path
+        (&[2, 8, 8], &[2, 8, 8]),         // tiny GEMMs: the single-threaded path
         (&[2, 3, 4], &[4, 5]),
         (&[2, 1, 3, 4], &[3, 4, 2]),
         (&[1, 6], &[6, 1]),
+        (&[420, 400], &[400, 400]), // large: gemm's own threading
     ];
     for dtype in [DType::F64, DType::F32] {
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };

@@ -25,11 +25,16 @@ pub fn col2im(s: &CpuStorage, l: &Layout, x_dims: &[usize], w: &Window2d) -> Res
     })
 }
 
-/// For output column `o` along one axis and kernel tap `k`: the input coordinate, if inside.
+/// For kernel tap `k` along one axis: the input coordinate of output 0 (`k·dil - pad`, may
+/// be negative) and the range of outputs whose input coordinate lies inside `0..len`.
 #[inline]
-fn src_coord(o: usize, k: usize, stride: usize, pad: usize, dil: usize, len: usize) -> Option<usize> {
-    let p = (o * stride + k * dil).checked_sub(pad)?;
-    (p < len).then_some(p)
+fn tap(k: usize, stride: usize, pad: usize, dil: usize, len: usize, out_len: usize) -> (isize, std::ops::Range<usize>) {
+    let off = (k * dil) as isize - pad as isize;
+    let s = stride as isize;
+    // First o with o·s + off >= 0, and one past the last with o·s + off <= len - 1.
+    let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize };
+    let hi = if (len as isize) > off { (((len as isize - 1 - off) / s) + 1) as usize } else { 0 };
+    (off, lo.min(out_len)..hi.min(out_len).max(lo.min(out_len)))
 }
 
 fn im2col_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
@@ -37,20 +42,28 @@ fn im2col_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
     let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
     let (kh, kw) = w.kernel;
     let (k, l) = (kh * kw, oh * ow);
-    let mut out = vec![T::zero(); n * c * k * l];
+    let mut out = super::zeroed::<T>(n * c * k * l);
     if out.is_empty() {
         return out;
     }
     out.par_chunks_mut(k * l).enumerate().for_each(|(plane, rows)| {
         let src = &x[plane * h * wd..(plane + 1) * h * wd];
         for i in 0..kh {
+            let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
             for j in 0..kw {
+                let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
                 let row = &mut rows[(i * kw + j) * l..(i * kw + j + 1) * l];
-                for y in 0..oh {
-                    let Some(sy) = src_coord(y, i, w.stride.0, w.padding.0, w.dilation.0, h) else { continue };
-                    for xo in 0..ow {
-                        if let Some(sx) = src_coord(xo, j, w.stride.1, w.padding.1, w.dilation.1, wd) {
-                            row[y * ow + xo] = src[sy * wd + sx];
+                for y in ys.clone() {
+                    let sy = (y * w.stride.0) as isize + oy;
+                    let base = sy as usize * wd;
+                    let dst = &mut row[y * ow..(y + 1) * ow];
+                    if w.stride.1 == 1 {
+                        // Contiguous run: one memcpy per (tap, output row).
+                        let s0 = (base as isize + xs.start as isize + ox) as usize;
+                        dst[xs.clone()].copy_from_slice(&src[s0..s0 + xs.len()]);
+                    } else {
+                        for xo in xs.clone() {
+                            dst[xo] = src[(base as isize + (xo * w.stride.1) as isize + ox) as usize];
                         }
                     }
                 }
@@ -65,21 +78,23 @@ fn col2im_t<T: Float>(cols: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
     let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
     let (kh, kw) = w.kernel;
     let (k, l) = (kh * kw, oh * ow);
-    let mut out = vec![T::zero(); n * c * h * wd];
+    let mut out = super::zeroed::<T>(n * c * h * wd);
     if out.is_empty() {
         return out;
     }
     out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, dst)| {
         let rows = &cols[plane * k * l..(plane + 1) * k * l];
         for i in 0..kh {
+            let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
             for j in 0..kw {
+                let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
                 let row = &rows[(i * kw + j) * l..(i * kw + j + 1) * l];
-                for y in 0..oh {
-                    let Some(sy) = src_coord(y, i, w.stride.0, w.padding.0, w.dilation.0, h) else { continue };
-                    for xo in 0..ow {
-                        if let Some(sx) = src_coord(xo, j, w.stride.1, w.padding.1, w.dilation.1, wd) {
-                            dst[sy * wd + sx] = dst[sy * wd + sx] + row[y * ow + xo];
-                        }
+                for y in ys.clone() {
+                    let base = ((y * w.stride.0) as isize + oy) as usize * wd;
+                    let src = &row[y * ow..(y + 1) * ow];
+                    for xo in xs.clone() {
+                        let t = (base as isize + (xo * w.stride.1) as isize + ox) as usize;
+                        dst[t] = dst[t] + src[xo];
                     }
                 }
             }

@@ -24,8 +24,8 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
     let (n, c, h, wd) = (dims[0], dims[1], dims[2], dims[3]);
     let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
     let planes = n * c;
-    let mut vals = vec![T::zero(); planes * oh * ow];
-    let mut idx = vec![0i64; planes * oh * ow];
+    let mut vals = super::zeroed::<T>(planes * oh * ow);
+    let mut idx = super::zeroed::<i64>(planes * oh * ow);
     if vals.is_empty() {
         return (vals, idx);
     }

@@ -15,7 +15,7 @@ pub fn softmax_last_dim(s: &CpuStorage, l: &Layout, log: bool) -> Result<CpuStor
 }
 
 fn softmax_t<T: Float>(x: &[T], c: usize, log: bool) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = super::zeroed::<T>(x.len());
     if c == 0 {
         return out;
     }

@@ -118,14 +118,21 @@ where
 {
     if let Some(r) = l.contiguous_range() {
         let s = &src[r];
-        return if s.len() < PAR_THRESHOLD {
-            s.iter().map(|&x| f(x)).collect()
-        } else {
-            s.par_iter().with_min_len(PAR_THRESHOLD / 4).map(|&x| f(x)).collect()
-        };
+        if s.len() < PAR_THRESHOLD {
+            return s.iter().map(|&x| f(x)).collect();
+        }
+        // Chunked loops over plain slices vectorize; a zeroed Vec is fresh pages from
+        // the allocator, faulted in by the threads that fill them.
+        let mut out = super::zeroed::<U>(s.len());
+        out.par_chunks_mut(PAR_THRESHOLD / 2).zip(s.par_chunks(PAR_THRESHOLD / 2)).for_each(|(o, s)| {
+            for (o, &x) in o.iter_mut().zip(s) {
+                *o = f(x);
+            }
+        });
+        return out;
     }
     let walk = Walk::new(l.dims(), [l.strides()], [l.offset()]);
-    let mut out = vec![U::default(); l.elem_count()];
+    let mut out = super::zeroed::<U>(l.elem_count());
     let st = walk.inner_strides[0];
     walk.fill_rows(&mut out, |row, [b]| {
         for (i, o) in row.iter_mut().enumerate() {
@@ -143,14 +150,20 @@ where
 {
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
-        return if a.len() < PAR_THRESHOLD {
-            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-        } else {
-            a.par_iter().zip(b.par_iter()).with_min_len(PAR_THRESHOLD / 4).map(|(&x, &y)| f(x, y)).collect()
-        };
+        if a.len() < PAR_THRESHOLD {
+            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        }
+        let mut out = super::zeroed::<U>(a.len());
+        let c = PAR_THRESHOLD / 2;
+        out.par_chunks_mut(c).zip(a.par_chunks(c)).zip(b.par_chunks(c)).for_each(|((o, a), b)| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        });
+        return out;
     }
     let walk = Walk::new(la.dims(), [la.strides(), lb.strides()], [la.offset(), lb.offset()]);
-    let mut out = vec![U::default(); la.elem_count()];
+    let mut out = super::zeroed::<U>(la.elem_count());
     let [sa, sb] = walk.inner_strides;
     walk.fill_rows(&mut out, |row, [oa, ob]| {
         for (i, o) in row.iter_mut().enumerate() {
@@ -176,7 +189,7 @@ where
 {
     let walk =
         Walk::new(la.dims(), [lc.strides(), la.strides(), lb.strides()], [lc.offset(), la.offset(), lb.offset()]);
-    let mut out = vec![T::default(); la.elem_count()];
+    let mut out = super::zeroed::<T>(la.elem_count());
     let [sc, sa, sb] = walk.inner_strides;
     walk.fill_rows(&mut out, |row, [oc, oa, ob]| {
         for (i, o) in row.iter_mut().enumerate() {
