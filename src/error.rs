@@ -51,6 +51,19 @@ pub enum Error {
     #[error("device {device}: {msg}")]
     DeviceUnavailable { device: Device, msg: String },
 
+    /// A file whose contents are wrong (bad magic, truncated, corrupt header...), naming the
+    /// file and, where known, the byte offset.
+    #[error("{path}: {msg}")]
+    Format { path: String, msg: String },
+
+    /// A model state that does not fit the model (missing, unexpected or mis-shaped tensors).
+    #[error("load_state_dict: {0}")]
+    StateDict(String),
+
+    /// Training diverged: a NaN or infinite loss.
+    #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
+    NonFiniteLoss { loss: f64, epoch: usize, step: usize },
+
     /// An I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
@@ -60,6 +73,12 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+    pub(crate) fn format(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.as_ref().display().to_string(), msg: msg.into() }
+    }
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::InvalidArgument { op, msg: msg.into() }
     }

@@ -17,13 +17,18 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 mod device;
 mod dtype;
 mod error;
+pub mod io;
+pub mod nn;
 mod ops;
-mod rng;
+pub mod optim;
+pub mod rng;
 pub mod shape;
 mod tensor;
+pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
 pub use backend::Window2d;
@@ -31,7 +36,7 @@ pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
 pub use ops::Conv2dOptions;
-pub use rng::{manual_seed, Generator};
+pub use rng::{global_state as rng_state, manual_seed, set_global_state as set_rng_state, Generator};
 pub use shape::{Layout, Shape};
 pub use tensor::Tensor;
 

@@ -26,6 +26,15 @@ impl Generator {
         Generator { s }
     }
 
+    /// The full state (for checkpoints): `Generator::from_state(g.state())` continues the
+    /// same sequence.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+    pub fn from_state(s: [u64; 4]) -> Generator {
+        Generator { s }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
@@ -59,12 +68,50 @@ impl Generator {
 
 static GLOBAL: Mutex<Generator> = Mutex::new(Generator::new(0x4B49_4C4E));
 
-/// Seeds the global generator behind `rand`, `randn`, dropout and initialisation.
+/// Seeds the default generator behind `rand`, `randn`, dropout and initialisation (this
+/// thread's scoped one inside [`scoped`], else the process-wide one).
 pub fn manual_seed(seed: u64) {
-    *GLOBAL.lock().unwrap_or_else(|p| p.into_inner()) = Generator::new(seed);
+    with_global(|g| *g = Generator::new(seed));
 }
 
-/// Runs `f` with the global generator.
+thread_local! {
+    static SCOPED: std::cell::RefCell<Option<Generator>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the default generator: this thread's scoped one (see [`scoped`]) if any,
+/// else the process-wide one.
 pub fn with_global<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
-    f(&mut GLOBAL.lock().unwrap_or_else(|p| p.into_inner()))
+    let mut f = Some(f);
+    let scoped = SCOPED.with(|s| s.borrow_mut().as_mut().map(|g| (f.take().expect("called once"))(g)));
+    match scoped {
+        Some(r) => r,
+        None => (f.take().expect("called once"))(&mut GLOBAL.lock().unwrap_or_else(|p| p.into_inner())),
+    }
+}
+
+/// Runs `f` with a default generator of its own on this thread, seeded by `seed`: what
+/// `rand`, `randn`, dropout and initialisation draw inside `f` does not depend on other
+/// threads (a training run, a data-parallel worker, a test). Nested calls stack.
+pub fn scoped<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Generator>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            SCOPED.with(|s| *s.borrow_mut() = prev);
+        }
+    }
+    let prev = SCOPED.with(|s| s.borrow_mut().replace(Generator::new(seed)));
+    let _restore = Restore(prev);
+    f()
+}
+
+/// The global generator's state (saved in checkpoints so a resumed run draws the same
+/// dropout masks).
+pub fn global_state() -> [u64; 4] {
+    with_global(|g| g.state())
+}
+
+/// Restores the global generator's state.
+pub fn set_global_state(s: [u64; 4]) {
+    with_global(|g| *g = Generator::from_state(s))
 }

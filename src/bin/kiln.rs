@@ -1,57 +1,147 @@
-//! The `kiln` command. For now it runs the demo job: a small MLP trained with autograd and
-//! SGD on a synthetic classification task, on the best device present.
+//! The `kiln` command: train, evaluate, and report what hardware Kiln can use.
 
-use anyhow::Result;
-use kiln::{DType, Device, Generator, Tensor};
-use std::time::Instant;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kiln::data::mnist;
+use kiln::train::{run, RunConfig};
+use kiln::Device;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: train, evaluate and inspect models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on MNIST (the bundled digits by default).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on the test split.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Devices and libraries Kiln can use.
+    Info,
+}
+
+#[derive(clap::Parser)]
+struct TrainArgs {
+    /// mlp or cnn
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Directory with MNIST IDX files (default: the bundled data/mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// sgd, adam or adamw
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// auto, cpu or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the checkpoint and summary.json go.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue the checkpoint in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "auto" => Device::best(),
+        "cpu" => Device::Cpu,
+        _ => {
+            let n =
+                s.strip_prefix("cuda:").or(s.strip_prefix("cuda")).context("--device must be auto, cpu or cuda:N")?;
+            let n: usize = if n.is_empty() { 0 } else { n.parse().context("--device cuda:N needs a number")? };
+            Device::cuda(n)?
+        }
+    })
+}
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
         .init();
-    let device = Device::best();
-    let mut g = Generator::new(0);
-    // Data: 10 classes given by the argmax of a hidden linear map of 64 features.
-    let (n, features, classes) = (4096, 64, 10);
-    let x = Tensor::randn_with([n, features], DType::F32, device, &mut g)?;
-    let teacher = Tensor::randn_with([features, classes], DType::F32, device, &mut g)?;
-    let y = x.matmul(&teacher)?.argmax(1, false)?;
-
-    // A 64-128-10 MLP, Kaiming-uniform-like init.
-    let mut param = |shape: [usize; 2]| -> Result<Tensor> {
-        let bound = 1.0 / (shape[0] as f64).sqrt();
-        Ok(Tensor::rand_with(shape, DType::F32, device, &mut g)?.affine(2.0 * bound, -bound)?.requires_grad_()?)
-    };
-    let params = [param([features, 128])?, param([1, 128])?, param([128, classes])?, param([1, classes])?];
-    let forward = |x: &Tensor| -> kiln::Result<Tensor> {
-        x.matmul(&params[0])?.add(&params[1])?.relu()?.matmul(&params[2])?.add(&params[3])
-    };
-
-    let (batch, epochs, lr) = (128, 10, 0.2);
-    let start = Instant::now();
-    for epoch in 1..=epochs {
-        let mut total = 0.0;
-        for b in 0..n / batch {
-            let (xb, yb) = (x.narrow(0, b * batch, batch)?, y.narrow(0, b * batch, batch)?);
-            let loss = forward(&xb)?.cross_entropy(&yb, 0.0)?;
-            loss.backward()?;
-            kiln::no_grad(|| -> kiln::Result<()> {
-                for p in &params {
-                    if let Some(grad) = p.grad() {
-                        p.sub_(&grad.mul_scalar(lr)?)?;
-                    }
-                    p.zero_grad();
-                }
-                Ok(())
-            })?;
-            total += loss.to_scalar::<f32>()? as f64;
+    let cli = Cli::parse();
+    match cli.command {
+        // No subcommand: the README's main job, `kiln train` with every default.
+        None => train(TrainArgs::parse_from(["train"])),
+        Some(Command::Train(a)) => train(a),
+        Some(Command::Eval { checkpoint, data, device }) => {
+            let device = parse_device(&device)?;
+            let ck = kiln::io::checkpoint::load(&checkpoint, device)?;
+            let model = ck.build_model(device)?;
+            let test = mnist::load(data.unwrap_or_else(mnist::bundled_dir), mnist::Split::Test, device)?;
+            let (loss, acc) = kiln::train::evaluate(model.as_ref(), &test, 1000)?;
+            println!(
+                "{}",
+                serde_json::json!({"test_loss": loss, "test_accuracy": acc, "epoch": ck.meta.epoch, "step": ck.meta.step})
+            );
+            Ok(())
         }
-        let acc = kiln::no_grad(|| -> kiln::Result<f64> {
-            let pred = forward(&x)?.argmax(1, false)?;
-            pred.eq(&y)?.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()
-        })?;
-        tracing::info!(epoch, loss = total / (n / batch) as f64, accuracy = acc, "epoch done");
+        Some(Command::Info) => {
+            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
+            match Device::cuda(0) {
+                Ok(d) => println!("cuda: {d}"),
+                Err(e) => println!("cuda: unavailable ({e})"),
+            }
+            println!("best device: {}", Device::best());
+            Ok(())
+        }
     }
-    println!("trained {epochs} epochs on {device} in {:.2} s", start.elapsed().as_secs_f64());
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let cfg = RunConfig {
+        model: a.model,
+        data: a.data.unwrap_or_else(mnist::bundled_dir),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        optimizer: a.optimizer,
+        weight_decay: a.weight_decay,
+        label_smoothing: a.label_smoothing,
+        seed: a.seed,
+        out: a.out,
+        resume: a.resume,
+        progress: !a.quiet,
+    };
+    let s = run(&cfg, device)?;
+    println!(
+        "{}: test accuracy {:.2}%, test loss {:.4}, {:.1} s ({:.0} samples/s), peak RSS {:.0} MB; checkpoint and summary.json in {}",
+        s.model,
+        100.0 * s.test_accuracy,
+        s.test_loss,
+        s.seconds,
+        s.samples_per_second,
+        s.peak_rss_bytes as f64 / 1e6,
+        cfg.out.display()
+    );
     Ok(())
 }

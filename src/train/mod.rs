@@ -1,0 +1,119 @@
+//! The training loop: epochs of batches from a DataLoader, loss, backward, optimizer step,
+//! evaluation after each epoch, metrics, a progress bar and `tracing` logs. A NaN or
+//! infinite loss stops training with an error naming the step.
+
+pub mod models;
+mod run;
+
+pub use run::{run, RunConfig, Summary};
+
+use crate::data::{DataLoader, Dataset};
+use crate::nn::Module;
+use crate::optim::{LrSchedule, Optimizer};
+use crate::{no_grad, DType, Error, Result, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
+
+/// Metrics of one epoch.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub samples_per_second: f64,
+    pub seconds: f64,
+}
+
+/// Loss settings of the loop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopConfig {
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
+    /// Show an indicatif progress bar (drawn only on a terminal).
+    pub progress: bool,
+}
+
+/// Trains one epoch; `step` is the global step count, advanced per batch.
+pub fn train_epoch(
+    model: &dyn Module,
+    opt: &mut dyn Optimizer,
+    loader: &DataLoader,
+    epoch: usize,
+    step: &mut usize,
+    schedule: Option<&dyn LrSchedule>,
+    cfg: LoopConfig,
+) -> Result<EpochMetrics> {
+    model.train();
+    let start = Instant::now();
+    let bar = if cfg.progress { ProgressBar::new(loader.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(epoch.to_string());
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    for batch in loader.epoch(epoch) {
+        let batch = batch?;
+        if let Some(s) = schedule {
+            opt.set_lr(s.lr(*step));
+        }
+        let logits = model.forward(&batch.inputs)?;
+        let loss = logits.cross_entropy(&batch.targets, cfg.label_smoothing)?;
+        let l = loss.to_scalar::<f64>()?;
+        if !l.is_finite() {
+            bar.abandon();
+            return Err(Error::NonFiniteLoss { loss: l, epoch, step: *step });
+        }
+        opt.zero_grad();
+        loss.backward()?;
+        if let Some(max) = cfg.clip_grad_norm {
+            crate::optim::clip_grad_norm(&model.parameters(), max)?;
+        }
+        opt.step()?;
+        let n = batch.targets.elem_count();
+        loss_sum += l * n as f64;
+        correct += count_correct(&logits.detach(), &batch.targets)?;
+        seen += n;
+        *step += 1;
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        tracing::trace!(epoch, step = *step, loss = l, lr = opt.lr(), "step");
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(EpochMetrics {
+        epoch,
+        train_loss: loss_sum / seen.max(1) as f64,
+        train_accuracy: correct as f64 / seen.max(1) as f64,
+        test_loss: None,
+        test_accuracy: None,
+        samples_per_second: seen as f64 / seconds.max(1e-9),
+        seconds,
+    })
+}
+
+/// Mean cross-entropy (no smoothing) and accuracy of `model` on `data`, in eval mode.
+pub fn evaluate(model: &dyn Module, data: &dyn Dataset, batch_size: usize) -> Result<(f64, f64)> {
+    model.eval();
+    let n = data.len();
+    let (mut loss_sum, mut correct) = (0.0, 0);
+    no_grad(|| -> Result<()> {
+        let idx: Vec<usize> = (0..n).collect();
+        for chunk in idx.chunks(batch_size.max(1)) {
+            let b = data.get_batch(chunk)?;
+            let logits = model.forward(&b.inputs)?;
+            loss_sum += logits.cross_entropy(&b.targets, 0.0)?.to_scalar::<f64>()? * chunk.len() as f64;
+            correct += count_correct(&logits, &b.targets)?;
+        }
+        Ok(())
+    })?;
+    Ok((loss_sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+}
+
+fn count_correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
+    let hits = logits.argmax(1, false)?.eq(targets)?.to_dtype(DType::F64)?.sum_all()?;
+    Ok(hits.to_scalar::<f64>()? as usize)
+}

@@ -1,0 +1,197 @@
+//! One training run as `kiln train` does it: data, model, optimizer, epochs with evaluation,
+//! a checkpoint after every epoch, `summary.json` at the end; or a resumed run that
+//! continues a checkpoint exactly.
+
+use super::{evaluate, models, train_epoch, EpochMetrics, LoopConfig};
+use crate::data::{mnist, DataLoader, Dataset};
+use crate::io::checkpoint::{self, SaveRequest};
+use crate::nn::Module;
+use crate::optim::{Adam, Optimizer, Sgd, SgdConfig};
+use crate::{Device, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything that defines a run (stored in its checkpoints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// "mlp" or "cnn".
+    pub model: String,
+    pub data: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// "sgd" (momentum 0.9), "adam" or "adamw".
+    pub optimizer: String,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            model: "mlp".into(),
+            data: mnist::bundled_dir(),
+            epochs: 20,
+            batch_size: 128,
+            lr: 1e-3,
+            optimizer: "adam".into(),
+            weight_decay: 0.0,
+            label_smoothing: 0.0,
+            seed: 0,
+            out: PathBuf::from("runs/latest"),
+            resume: None,
+            progress: true,
+        }
+    }
+}
+
+/// What `summary.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub device: String,
+    pub epochs: usize,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    /// Wall time of the whole run, data loading included.
+    pub seconds: f64,
+    /// Time inside the training epochs only.
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub peak_rss_bytes: u64,
+    pub history: Vec<EpochMetrics>,
+}
+
+pub(crate) fn build_optimizer(cfg: &RunConfig, params: Vec<crate::Tensor>) -> Result<Box<dyn Optimizer>> {
+    Ok(match cfg.optimizer.as_str() {
+        "sgd" => {
+            let mut o = Sgd::simple(params, cfg.lr, SgdConfig { momentum: 0.9, ..Default::default() });
+            o.groups_mut()[0].weight_decay = cfg.weight_decay;
+            Box::new(o)
+        }
+        "adam" => {
+            let mut o = Adam::simple(params, cfg.lr);
+            o.groups_mut()[0].weight_decay = cfg.weight_decay;
+            Box::new(o)
+        }
+        "adamw" => Box::new(Adam::adamw(params, cfg.lr, cfg.weight_decay)),
+        other => return Err(Error::invalid("train", format!("unknown optimizer `{other}` (sgd, adam, adamw)"))),
+    })
+}
+
+fn build_model(name: &str, device: Device) -> Result<Box<dyn Module>> {
+    Ok(match name {
+        "mlp" => Box::new(models::mlp(device)?),
+        "cnn" => Box::new(models::cnn(device)?),
+        other => return Err(Error::invalid("train", format!("unknown model `{other}` (mlp, cnn)"))),
+    })
+}
+
+/// Peak resident memory of this process (Linux's VmHWM), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs (or resumes) training as configured, on `device`. Randomness (initialisation,
+/// dropout) comes from a generator of the run's own, seeded by `cfg.seed`: runs on other
+/// threads do not disturb it.
+pub fn run(cfg: &RunConfig, device: Device) -> Result<Summary> {
+    crate::rng::scoped(cfg.seed, || run_seeded(cfg, device))
+}
+
+fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
+    let start = Instant::now();
+    let train = Arc::new(mnist::load(&cfg.data, mnist::Split::Train, device)?);
+    let test = mnist::load(&cfg.data, mnist::Split::Test, device)?;
+    tracing::info!(train = train.len(), test = test.len(), data = %cfg.data.display(), "loaded MNIST");
+
+    let (model, mut opt, mut epoch, mut step) = match &cfg.resume {
+        None => {
+            let model = build_model(&cfg.model, device)?;
+            let opt = build_optimizer(cfg, model.parameters())?;
+            (model, opt, 0, 0)
+        }
+        Some(dir) => {
+            let ck = checkpoint::load(dir, device)?;
+            let model = ck.build_model(device)?;
+            let mut opt = build_optimizer(cfg, model.parameters())?;
+            opt.load_state_dict(&ck.optimizer_state)?;
+            if let Some(s) = ck.meta.rng {
+                crate::set_rng_state(s);
+            }
+            tracing::info!(dir = %dir.display(), epoch = ck.meta.epoch, step = ck.meta.step, "resuming");
+            (model, opt, ck.meta.epoch, ck.meta.step)
+        }
+    };
+    let loader = DataLoader::new(train, cfg.batch_size, true).with_seed(cfg.seed);
+    let loop_cfg = LoopConfig { label_smoothing: cfg.label_smoothing, clip_grad_norm: None, progress: cfg.progress };
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let config_json = serde_json::to_value(cfg).map_err(|e| Error::invalid("train", e.to_string()))?;
+    while epoch < cfg.epochs {
+        epoch += 1;
+        let mut m = train_epoch(model.as_ref(), opt.as_mut(), &loader, epoch, &mut step, None, loop_cfg)?;
+        let (tl, ta) = evaluate(model.as_ref(), &test, 1000)?;
+        m.test_loss = Some(tl);
+        m.test_accuracy = Some(ta);
+        tracing::info!(
+            epoch,
+            train_loss = format!("{:.4}", m.train_loss),
+            train_acc = format!("{:.4}", m.train_accuracy),
+            test_loss = format!("{tl:.4}"),
+            test_acc = format!("{ta:.4}"),
+            samples_per_s = format!("{:.0}", m.samples_per_second),
+            "epoch done"
+        );
+        history.push(m);
+        checkpoint::save(
+            &cfg.out,
+            SaveRequest {
+                model: model.as_ref(),
+                optimizer_state: Some(opt.state_dict()),
+                step,
+                epoch,
+                config: config_json.clone(),
+                rng: Some(crate::rng_state()),
+            },
+        )?;
+    }
+    let last = history.last();
+    let (test_loss, test_accuracy) = match last {
+        Some(m) => (m.test_loss.unwrap_or(f64::NAN), m.test_accuracy.unwrap_or(f64::NAN)),
+        None => evaluate(model.as_ref(), &test, 1000)?,
+    };
+    let train_seconds: f64 = history.iter().map(|m| m.seconds).sum();
+    let samples: f64 = history.iter().map(|m| m.samples_per_second * m.seconds).sum();
+    let summary = Summary {
+        model: cfg.model.clone(),
+        device: device.to_string(),
+        epochs: epoch,
+        test_accuracy,
+        test_loss,
+        train_loss: last.map(|m| m.train_loss).unwrap_or(f64::NAN),
+        train_accuracy: last.map(|m| m.train_accuracy).unwrap_or(f64::NAN),
+        seconds: start.elapsed().as_secs_f64(),
+        train_seconds,
+        samples_per_second: samples / train_seconds.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
+        history,
+    };
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid("train", e.to_string()))?;
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    crate::io::write_atomic(&cfg.out.join("summary.json"), &json)?;
+    Ok(summary)
+}
