@@ -5,7 +5,7 @@
 pub mod models;
 mod run;
 
-pub use run::{run, RunConfig, Summary};
+pub use run::{peak_rss_bytes, run, RunConfig, Summary};
 
 use crate::data::{DataLoader, Dataset};
 use crate::nn::Module;

@@ -111,3 +111,26 @@ fn csv_reader() {
     std::fs::write(&p, "1,2,0\n1,1\n").unwrap();
     assert!(matches!(read_csv(&p, -1, false, CPU), Err(Error::Format { .. })));
 }
+
+#[test]
+fn a_nan_loss_stops_training_naming_the_step() {
+    use kiln::optim::Adam;
+    use kiln::train::{train_epoch, LoopConfig};
+    // Sample 5 is poisoned: the batch holding it gives a NaN loss.
+    let mut x = vec![0.5f32; 16 * 3];
+    x[5 * 3] = f32::NAN;
+    let ds = Arc::new(
+        TensorDataset::new(
+            Tensor::from_vec(x, [16, 3], CPU).unwrap(),
+            Tensor::zeros([16], kiln::DType::I64, CPU).unwrap(),
+        )
+        .unwrap(),
+    );
+    let model = kiln::nn::Linear::new(3, 2, true, CPU).unwrap();
+    let mut opt = Adam::simple(kiln::nn::Module::parameters(&model), 0.1);
+    let loader = DataLoader::new(ds, 4, false);
+    let mut step = 10;
+    let e = train_epoch(&model, &mut opt, &loader, 1, &mut step, None, LoopConfig::default()).unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLoss { epoch: 1, step: 11, .. }), "{e}");
+    assert!(e.to_string().contains("step 11"));
+}
