@@ -25,6 +25,8 @@ pub mod io;
 pub mod nn;
 mod ops;
 pub mod optim;
+pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod shape;
 mod tensor;

@@ -78,7 +78,10 @@ pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<()> {
         let state = node.lock().take().ok_or_else(|| {
             Error::Backward(format!("the graph through `{}` was already freed by an earlier backward()", node.name))
         })?;
-        let input_grads = (state.backward)(&g, state.output.as_ref())?;
+        let input_grads = {
+            let _p = crate::profile::backward_of(node.name);
+            (state.backward)(&g, state.output.as_ref())?
+        };
         for (input, ig) in state.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
             if !input.requires_grad() {

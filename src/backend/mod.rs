@@ -49,17 +49,20 @@ impl Storage {
     }
 
     pub fn to_contiguous(&self, l: &Layout) -> Result<Storage> {
+        let _p = crate::profile::scope("copy");
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(cpu::to_contiguous(s, l))),
         }
     }
     pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
+        let _p = crate::profile::scope("cast");
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.cast(l, dtype))),
         }
     }
     /// Copies `src` (viewed by `src_l`) into the region `dst_l` of `self`.
     pub fn copy_into(&mut self, dst_l: &Layout, src: &Storage, src_l: &Layout) -> Result<()> {
+        let _p = crate::profile::scope("copy_into");
         match (self, src) {
             (Storage::Cpu(d), Storage::Cpu(s)) => cpu::copy_into(d, dst_l, s, src_l),
         }
@@ -72,16 +75,19 @@ impl Storage {
     }
 
     pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
+        let _p = crate::profile::scope(op.name());
         match self {
             Storage::Cpu(s) => cpu::unary(s, l, op).map(Storage::Cpu),
         }
     }
     pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
+        let _p = crate::profile::scope(op.name());
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => cpu::binary(a, l, b, rl, op).map(Storage::Cpu),
         }
     }
     pub fn where_cond(&self, l: &Layout, a: &Storage, la: &Layout, b: &Storage, lb: &Layout) -> Result<Storage> {
+        let _p = crate::profile::scope("where");
         match (self, a, b) {
             (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {
                 cpu::where_cond(c, l, a, la, b, lb).map(Storage::Cpu)
@@ -89,26 +95,31 @@ impl Storage {
         }
     }
     pub fn reduce(&self, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<Storage> {
+        let _p = crate::profile::scope(op.name());
         match self {
             Storage::Cpu(s) => cpu::reduce(s, l, dims, op).map(Storage::Cpu),
         }
     }
     pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
+        let _p = crate::profile::scope("matmul");
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => cpu::matmul(a, l, b, rl).map(Storage::Cpu),
         }
     }
     pub fn index_select(&self, l: &Layout, dim: usize, idx: &[i64]) -> Result<Storage> {
+        let _p = crate::profile::scope("index_select");
         match self {
             Storage::Cpu(s) => cpu::index_select(s, l, dim, idx).map(Storage::Cpu),
         }
     }
     pub fn index_add(&self, l: &Layout, dim: usize, idx: &[i64], src: &Storage, sl: &Layout) -> Result<Storage> {
+        let _p = crate::profile::scope("index_add");
         match (self, src) {
             (Storage::Cpu(b), Storage::Cpu(s)) => cpu::index_add(b, l, dim, idx, s, sl).map(Storage::Cpu),
         }
     }
     pub fn gather(&self, l: &Layout, dim: usize, index: &[i64], n: usize) -> Result<Storage> {
+        let _p = crate::profile::scope("gather");
         match self {
             Storage::Cpu(s) => cpu::gather(s, l, dim, index, n).map(Storage::Cpu),
         }
@@ -123,26 +134,31 @@ impl Storage {
         src: &Storage,
         sl: &Layout,
     ) -> Result<Storage> {
+        let _p = crate::profile::scope("scatter_add");
         match (self, src) {
             (Storage::Cpu(b), Storage::Cpu(s)) => cpu::scatter_add(b, l, dim, index, n, s, sl).map(Storage::Cpu),
         }
     }
     pub fn im2col(&self, l: &Layout, w: &Window2d) -> Result<Storage> {
+        let _p = crate::profile::scope("im2col");
         match self {
             Storage::Cpu(s) => cpu::im2col(s, l, w).map(Storage::Cpu),
         }
     }
     pub fn col2im(&self, l: &Layout, x_dims: &[usize], w: &Window2d) -> Result<Storage> {
+        let _p = crate::profile::scope("col2im");
         match self {
             Storage::Cpu(s) => cpu::col2im(s, l, x_dims, w).map(Storage::Cpu),
         }
     }
     pub fn max_pool2d(&self, l: &Layout, w: &Window2d) -> Result<(Storage, Storage)> {
+        let _p = crate::profile::scope("max_pool2d");
         match self {
             Storage::Cpu(s) => cpu::max_pool2d(s, l, w).map(|(v, i)| (Storage::Cpu(v), Storage::Cpu(i))),
         }
     }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {
+        let _p = crate::profile::scope("softmax");
         match self {
             Storage::Cpu(s) => cpu::softmax_last_dim(s, l, log).map(Storage::Cpu),
         }
@@ -154,6 +170,7 @@ impl Storage {
         smoothing: f64,
         want_grad: bool,
     ) -> Result<(f64, Option<Storage>)> {
+        let _p = crate::profile::scope("cross_entropy");
         match self {
             Storage::Cpu(s) => {
                 cpu::cross_entropy(s, l, labels, smoothing, want_grad).map(|(v, g)| (v, g.map(Storage::Cpu)))

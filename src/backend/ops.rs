@@ -35,6 +35,32 @@ pub enum UnaryOp {
     Powf(f64),
 }
 
+impl UnaryOp {
+    /// The op's name in profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluGrad => "gelu_grad",
+            UnaryOp::Silu => "silu",
+            UnaryOp::SiluGrad => "silu_grad",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Step => "step",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Sqr => "sqr",
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Powf(_) => "powf",
+        }
+    }
+}
+
 /// Elementwise functions of two operands (broadcast by strides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryOp {
@@ -54,6 +80,27 @@ pub enum BinaryOp {
     Ge,
 }
 
+impl BinaryOp {
+    /// The op's name in profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Eq => "eq",
+            BinaryOp::Ne => "ne",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
+        }
+    }
+}
+
 /// Reductions over a set of dims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -63,6 +110,19 @@ pub enum ReduceOp {
     /// Index (I64) of the first maximum.
     ArgMax,
     ArgMin,
+}
+
+impl ReduceOp {
+    /// The op's name in profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+            ReduceOp::ArgMax => "argmax",
+            ReduceOp::ArgMin => "argmin",
+        }
+    }
 }
 
 /// Geometry of a 2-D sliding window (convolution, unfold, pooling), per spatial axis (h, w).

@@ -27,6 +27,19 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Draw loss and accuracy curves of runs (from their TensorBoard event files).
+    Plot {
+        /// Run directories (each with events.out.tfevents.* files).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output image, .png or .svg (default: plot.png in the first run's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1200)]
+        width: u32,
+        #[arg(long, default_value_t = 500)]
+        height: u32,
+    },
     /// Devices and libraries Kiln can use.
     Info,
 }
@@ -66,6 +79,15 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// TensorBoard log directory (default: --out).
+    #[arg(long)]
+    logdir: Option<PathBuf>,
+    /// Histograms of weights and gradients every N steps (0: none).
+    #[arg(long, default_value_t = 0)]
+    histogram_every: usize,
+    /// Time every op; print the top ops and write trace.json (Chrome/Perfetto) into --out.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -103,6 +125,13 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Some(Command::Plot { runs, out, width, height }) => {
+            let out = out.unwrap_or_else(|| runs[0].join("plot.png"));
+            let series = kiln::plot::load_runs(&runs)?;
+            kiln::plot::plot(&series, &out, (width, height))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
@@ -131,8 +160,14 @@ fn train(a: TrainArgs) -> Result<()> {
         out: a.out,
         resume: a.resume,
         progress: !a.quiet,
+        logdir: a.logdir,
+        histogram_every: a.histogram_every,
+        profile: a.profile,
     };
     let s = run(&cfg, device)?;
+    if let Some(table) = &s.profile {
+        println!("{table}");
+    }
     println!(
         "{}: test accuracy {:.2}%, test loss {:.4}, {:.1} s ({:.0} samples/s), peak RSS {:.0} MB; checkpoint and summary.json in {}",
         s.model,

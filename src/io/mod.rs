@@ -3,6 +3,7 @@
 mod atomic;
 pub mod checkpoint;
 mod safetensors;
+pub mod tensorboard;
 
 pub use atomic::{inject_write_failure, write_atomic};
 pub use checkpoint::{Checkpoint, CheckpointMeta};

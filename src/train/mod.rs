@@ -2,9 +2,11 @@
 //! evaluation after each epoch, metrics, a progress bar and `tracing` logs. A NaN or
 //! infinite loss stops training with an error naming the step.
 
+mod logger;
 pub mod models;
 mod run;
 
+pub use logger::TrainLogger;
 pub use run::{peak_rss_bytes, run, RunConfig, Summary};
 
 use crate::data::{DataLoader, Dataset};
@@ -35,6 +37,15 @@ pub struct LoopConfig {
     pub progress: bool,
 }
 
+/// What else an epoch does besides training: settings, a learning-rate schedule (per
+/// step), a TensorBoard logger.
+#[derive(Default)]
+pub struct EpochHooks<'a> {
+    pub cfg: LoopConfig,
+    pub schedule: Option<&'a dyn LrSchedule>,
+    pub logger: Option<&'a mut TrainLogger>,
+}
+
 /// Trains one epoch; `step` is the global step count, advanced per batch.
 pub fn train_epoch(
     model: &dyn Module,
@@ -42,9 +53,9 @@ pub fn train_epoch(
     loader: &DataLoader,
     epoch: usize,
     step: &mut usize,
-    schedule: Option<&dyn LrSchedule>,
-    cfg: LoopConfig,
+    hooks: EpochHooks<'_>,
 ) -> Result<EpochMetrics> {
+    let EpochHooks { cfg, schedule, mut logger } = hooks;
     model.train();
     let start = Instant::now();
     let bar = if cfg.progress { ProgressBar::new(loader.len() as u64) } else { ProgressBar::hidden() };
@@ -55,6 +66,7 @@ pub fn train_epoch(
     );
     bar.set_prefix(epoch.to_string());
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let mut step_start = Instant::now();
     for batch in loader.epoch(epoch) {
         let batch = batch?;
         if let Some(s) = schedule {
@@ -77,6 +89,11 @@ pub fn train_epoch(
         loss_sum += l * n as f64;
         correct += count_correct(&logits.detach(), &batch.targets)?;
         seen += n;
+        if let Some(lg) = logger.as_deref_mut() {
+            let sps = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+            lg.step(*step, l, opt.lr(), sps, model)?;
+        }
+        step_start = Instant::now();
         *step += 1;
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));

@@ -2,9 +2,10 @@
 //! a checkpoint after every epoch, `summary.json` at the end; or a resumed run that
 //! continues a checkpoint exactly.
 
-use super::{evaluate, models, train_epoch, EpochMetrics, LoopConfig};
+use super::{evaluate, models, train_epoch, EpochHooks, EpochMetrics, LoopConfig, TrainLogger};
 use crate::data::{mnist, DataLoader, Dataset};
 use crate::io::checkpoint::{self, SaveRequest};
+use crate::io::tensorboard::EventWriter;
 use crate::nn::Module;
 use crate::optim::{Adam, Optimizer, Sgd, SgdConfig};
 use crate::{Device, Error, Result};
@@ -30,6 +31,12 @@ pub struct RunConfig {
     pub out: PathBuf,
     pub resume: Option<PathBuf>,
     pub progress: bool,
+    /// TensorBoard event files go here (default: `out`).
+    pub logdir: Option<PathBuf>,
+    /// Weight and gradient histograms every this many steps (0: never).
+    pub histogram_every: usize,
+    /// Record every op's time and write `trace.json` and `profile.txt` into `out`.
+    pub profile: bool,
 }
 
 impl Default for RunConfig {
@@ -47,6 +54,9 @@ impl Default for RunConfig {
             out: PathBuf::from("runs/latest"),
             resume: None,
             progress: true,
+            logdir: None,
+            histogram_every: 0,
+            profile: false,
         }
     }
 }
@@ -68,6 +78,8 @@ pub struct Summary {
     pub samples_per_second: f64,
     pub peak_rss_bytes: u64,
     pub history: Vec<EpochMetrics>,
+    /// The profiler's table of top ops, when profiling.
+    pub profile: Option<String>,
 }
 
 pub(crate) fn build_optimizer(cfg: &RunConfig, params: Vec<crate::Tensor>) -> Result<Box<dyn Optimizer>> {
@@ -141,12 +153,27 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
     let loop_cfg = LoopConfig { label_smoothing: cfg.label_smoothing, clip_grad_norm: None, progress: cfg.progress };
     let mut history: Vec<EpochMetrics> = Vec::new();
     let config_json = serde_json::to_value(cfg).map_err(|e| Error::invalid("train", e.to_string()))?;
+    let logdir = cfg.logdir.clone().unwrap_or_else(|| cfg.out.clone());
+    let mut logger = TrainLogger::new(EventWriter::create(&logdir)?, cfg.histogram_every);
+    logger.describe(&config_json, model.as_ref())?;
+    tracing::info!(logdir = %logdir.display(), "TensorBoard: tensorboard --logdir {}", logdir.display());
+    if cfg.profile {
+        crate::profile::start();
+    }
     while epoch < cfg.epochs {
         epoch += 1;
-        let mut m = train_epoch(model.as_ref(), opt.as_mut(), &loader, epoch, &mut step, None, loop_cfg)?;
+        let mut m = train_epoch(
+            model.as_ref(),
+            opt.as_mut(),
+            &loader,
+            epoch,
+            &mut step,
+            EpochHooks { cfg: loop_cfg, schedule: None, logger: Some(&mut logger) },
+        )?;
         let (tl, ta) = evaluate(model.as_ref(), &test, 1000)?;
         m.test_loss = Some(tl);
         m.test_accuracy = Some(ta);
+        logger.epoch(step, &m)?;
         tracing::info!(
             epoch,
             train_loss = format!("{:.4}", m.train_loss),
@@ -169,6 +196,17 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
             },
         )?;
     }
+    let profile = if cfg.profile {
+        let p = crate::profile::stop();
+        let table = p.table(25);
+        std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+        let trace = serde_json::to_vec(&p.chrome_trace()).map_err(|e| Error::invalid("profile", e.to_string()))?;
+        crate::io::write_atomic(&cfg.out.join("trace.json"), &trace)?;
+        crate::io::write_atomic(&cfg.out.join("profile.txt"), table.as_bytes())?;
+        Some(table)
+    } else {
+        None
+    };
     let last = history.last();
     let (test_loss, test_accuracy) = match last {
         Some(m) => (m.test_loss.unwrap_or(f64::NAN), m.test_accuracy.unwrap_or(f64::NAN)),
@@ -189,6 +227,7 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
         samples_per_second: samples / train_seconds.max(1e-9),
         peak_rss_bytes: peak_rss_bytes(),
         history,
+        profile,
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid("train", e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;

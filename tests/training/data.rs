@@ -115,7 +115,7 @@ fn csv_reader() {
 #[test]
 fn a_nan_loss_stops_training_naming_the_step() {
     use kiln::optim::Adam;
-    use kiln::train::{train_epoch, LoopConfig};
+    use kiln::train::{train_epoch, EpochHooks};
     // Sample 5 is poisoned: the batch holding it gives a NaN loss.
     let mut x = vec![0.5f32; 16 * 3];
     x[5 * 3] = f32::NAN;
@@ -130,7 +130,7 @@ fn a_nan_loss_stops_training_naming_the_step() {
     let mut opt = Adam::simple(kiln::nn::Module::parameters(&model), 0.1);
     let loader = DataLoader::new(ds, 4, false);
     let mut step = 10;
-    let e = train_epoch(&model, &mut opt, &loader, 1, &mut step, None, LoopConfig::default()).unwrap_err();
+    let e = train_epoch(&model, &mut opt, &loader, 1, &mut step, EpochHooks::default()).unwrap_err();
     assert!(matches!(e, Error::NonFiniteLoss { epoch: 1, step: 11, .. }), "{e}");
     assert!(e.to_string().contains("step 11"));
 }

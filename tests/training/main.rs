@@ -6,6 +6,7 @@ mod data;
 mod layers;
 mod optim;
 mod torch_parity;
+mod visualize;
 
 use kiln::{DType, Device, Tensor};
 
