@@ -14,7 +14,15 @@ pub enum Device {
 impl Device {
     /// The n-th CUDA device. Errors (never panics) when CUDA cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Err(cuda_unavailable(ordinal))
+        // Probe first: without a driver this is an error, never a panic.
+        let gpu = crate::backend::cuda::gpu_info(ordinal)?;
+        Err(Error::DeviceUnavailable {
+            device: Device::Cuda(ordinal),
+            msg: format!(
+                "{} (sm_{}{}) is present, but Kiln's CUDA tensor backend is not built yet",
+                gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+            ),
+        })
     }
 
     /// The best device present: a working GPU, else the CPU (and it logs why).

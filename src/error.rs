@@ -64,6 +64,11 @@ pub enum Error {
     #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
     NonFiniteLoss { loss: f64, epoch: usize, step: usize },
 
+    /// A kernel launch that failed (on the GPU, or the emulator's report of a deadlock, an
+    /// invalid warp operation...), naming the kernel.
+    #[error("kernel {kernel}: {msg}")]
+    Kernel { kernel: String, msg: String },
+
     /// An I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },

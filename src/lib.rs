@@ -28,6 +28,7 @@ pub mod optim;
 pub mod plot;
 pub mod profile;
 pub mod rng;
+pub mod serve;
 pub mod shape;
 mod tensor;
 pub mod train;

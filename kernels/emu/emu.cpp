@@ -1,6 +1,12 @@
 // The emulator's runtime: kernel registry, launches, block barrier, warp rendezvous.
-// See emu.h for the model. Compile once per program (or #include it into a single
-// translation unit together with the kernel files; see the README in this folder).
+// See emu.h for the model and README.md in this folder for how it is built.
+//
+// Waiting: a thread that waits (at __syncthreads, in a warp exchange) sleeps on an atomic
+// phase counter with std::atomic::wait (a futex on Linux), which the completing thread
+// bumps. That is ~6x cheaper than a condition variable, whose waiters all fight for the
+// mutex again on wake-up; it has no timeout, so the launching thread is the watchdog:
+// when nothing completes for KILN_EMU_BARRIER_TIMEOUT_MS while threads wait, it fails the
+// launch with a description of who waits where, and failing a launch wakes every waiter.
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
@@ -38,27 +44,34 @@ struct Abort {};
 
 struct BlockBarrier {
     std::mutex m;
-    std::condition_variable cv;
     unsigned arrived = 0;   // threads waiting in the current phase
     unsigned returned = 0;  // threads of this block that have left the kernel
-    uint64_t phase = 0;
     std::source_location site;  // where the current phase's threads wait
+    std::atomic<uint32_t> phase{0};
+};
+
+// One warp operation in progress: the lanes of `mask` meet in it.
+struct Exchange {
+    WarpOp op;
+    unsigned mask, size;
+    int width;
+    std::source_location site;  // of the first lane to arrive
+    unsigned first_lane;
+    unsigned arrived;
 };
 
 struct Warp {
     std::mutex m;
-    std::condition_variable cv;
     unsigned lanes = 0;     // the lanes that exist (all but in a partial last warp)
     unsigned returned = 0;  // lanes that have left the kernel
-    unsigned arrived = 0;   // lanes in the pending exchange
-    uint64_t phase = 0;
-    // The pending exchange, as described by its first lane.
-    WarpOp op{};
-    unsigned mask = 0, size = 0, first_lane = 0;
-    int width = 32;
-    std::source_location site;
+    unsigned busy = 0;      // lanes waiting in an exchange
+    // Exchanges waiting for lanes. Usually one; several when disjoint groups of lanes (sub-
+    // warp masks in divergent code) exchange at the same time. Their `arrived` sets are
+    // disjoint, since a lane is in one exchange at a time, so the per-lane arrays are shared.
+    std::vector<Exchange> open;
     uint64_t in[32]{}, out[32]{};
     long long param[32]{};
+    std::atomic<uint32_t> phase{0};  // moves whenever an exchange of this warp completes
 };
 
 struct Launch;
@@ -75,7 +88,7 @@ struct Launch {
     Trampoline fn;
     void** args;
     dim3 grid, block;
-    unsigned nthreads, nblocks;
+    unsigned nthreads, nblocks, nwarps;
     Clock::duration timeout;
 
     struct alignas(16) Chunk {
@@ -90,17 +103,22 @@ struct Launch {
     std::atomic<bool> failed{false};
     std::mutex err_m;
     std::string err;
+    std::atomic<uint64_t> progress{0};  // completed rendezvous, for the watchdog
 
-    std::latch start{1};       // holds the workers until all of them exist
+    std::latch start{1};          // holds the workers until all of them exist
     std::barrier<NextBlock> end;  // all threads finish a block before the next begins
-    unsigned block_index = 0;  // written only by NextBlock, between blocks
+    unsigned block_index = 0;     // written only by NextBlock, between blocks
     bool stop = false;
+
+    std::mutex done_m;  // the watchdog sleeps on done_cv until every worker has finished
+    std::condition_variable done_cv;
+    unsigned finished = 0;
 
     Launch(const char* k, Trampoline f, void** a, dim3 g, dim3 b, unsigned sb, Clock::duration to)
         : kernel(k), fn(f), args(a), grid(g), block(b), nthreads(b.x * b.y * b.z), nblocks(g.x * g.y * g.z),
-          timeout(to), shared_bytes(sb), shared((sb + kGuardBytes + 15) / 16),
-          warps(new Warp[(nthreads + 31) / 32]), end(nthreads, NextBlock{this}) {
-        for (unsigned w = 0; w * 32 < nthreads; ++w) {
+          nwarps((nthreads + 31) / 32), timeout(to), shared_bytes(sb), shared((sb + kGuardBytes + 15) / 16),
+          warps(new Warp[nwarps]), end(nthreads, NextBlock{this}) {
+        for (unsigned w = 0; w < nwarps; ++w) {
             const unsigned n = std::min(32u, nthreads - w * 32);
             warps[w].lanes = n == 32 ? ~0u : (1u << n) - 1;
         }
@@ -153,6 +171,11 @@ std::string who() {
                   threadIdx.y, threadIdx.z);
 }
 
+std::string block_str(const Launch& L) {
+    const unsigned b = L.block_index, gx = L.grid.x, gy = L.grid.y;
+    return format("block (%u,%u,%u)", b % gx, b / gx % gy, b / (gx * gy));
+}
+
 const char* op_name(WarpOp op) {
     switch (op) {
         case WarpOp::Shfl: return "__shfl_sync";
@@ -167,11 +190,21 @@ const char* op_name(WarpOp op) {
     return "?";
 }
 
-// The first error of a launch is the one reported.
+void bump(std::atomic<uint32_t>& phase) {
+    phase.fetch_add(1);
+    phase.notify_all();
+}
+
+// Fails the launch; the first error is the one reported. Every waiter is woken (its phase
+// moves) and, seeing `failed`, unwinds. Needs no lock, so callers may hold any.
 void record(Launch& L, const std::string& what) {
-    std::lock_guard g(L.err_m);
-    if (L.err.empty()) L.err = what;
-    L.failed = true;
+    {
+        std::lock_guard g(L.err_m);
+        if (L.err.empty()) L.err = what;
+    }
+    if (L.failed.exchange(true)) return;
+    bump(L.bar.phase);
+    for (unsigned w = 0; w < L.nwarps; ++w) bump(L.warps[w].phase);
 }
 
 [[noreturn]] void fail(Launch& L, const std::string& what) {
@@ -179,22 +212,13 @@ void record(Launch& L, const std::string& what) {
     throw Abort{};
 }
 
-// Waits on cv until done(). Polls so that a failure elsewhere in the launch (which does
-// not know this cv) stops the wait within a few ms; fails the launch at the deadline.
-template <class Done, class Message>
-void wait(Launch& L, std::condition_variable& cv, std::unique_lock<std::mutex>& lk, Done done,
-          Message deadlock_message) {
-    const auto deadline = Clock::now() + L.timeout;
-    while (!done()) {
+// Sleeps until `phase` moves on from `seen`; throws Abort if that was the launch failing.
+void wait_phase(Launch& L, std::atomic<uint32_t>& phase, uint32_t seen) {
+    for (;;) {
         if (L.failed) throw Abort{};
-        const auto now = Clock::now();
-        if (now >= deadline) fail(L, deadlock_message());
-        cv.wait_for(lk, std::min<Clock::duration>(deadline - now, std::chrono::milliseconds(20)));
+        if (phase.load() != seen) return;
+        phase.wait(seen);
     }
-}
-
-long long timeout_ms(const Launch& L) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(L.timeout).count();
 }
 
 // Which lane `lane` reads, per the CUDA programming guide: within segments of `width`
@@ -214,27 +238,26 @@ unsigned source_lane(WarpOp op, unsigned lane, long long p, int width) {
 }
 
 // Runs when the last lane of an exchange arrives, with the warp's lock held.
-void complete_exchange(Launch& L, Warp& W, unsigned w) {
+void complete_exchange(Launch& L, Warp& W, const Exchange& E, unsigned w) {
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; ++l)
-        if ((W.mask >> l & 1) && W.in[l]) ballot |= 1u << l;
+        if ((E.mask >> l & 1) && W.in[l]) ballot |= 1u << l;
     for (unsigned l = 0; l < 32; ++l) {
-        if (!(W.mask >> l & 1)) continue;
-        switch (W.op) {
+        if (!(E.mask >> l & 1)) continue;
+        switch (E.op) {
             case WarpOp::Ballot: W.out[l] = ballot; break;
             case WarpOp::Any: W.out[l] = ballot != 0; break;
-            case WarpOp::All: W.out[l] = ballot == W.mask; break;
+            case WarpOp::All: W.out[l] = ballot == E.mask; break;
             case WarpOp::Sync: W.out[l] = 0; break;
             default: {
-                const unsigned src = source_lane(W.op, l, W.param[l], W.width);
-                if (!(W.mask >> src & 1)) {
+                const unsigned src = source_lane(E.op, l, W.param[l], E.width);
+                if (!(E.mask >> src & 1)) {
                     // On a GPU the value read is undefined: report instead of inventing one.
                     const bool exists = W.lanes >> src & 1;
-                    fail(L, format("%s (%s) in kernel %s: in block (%u,%u,%u), lane %u of warp %u reads lane %u, "
-                                   "which %s (mask 0x%08x, block of %u threads)",
-                                   op_name(W.op), site_str(W.site).c_str(), L.kernel, blockIdx.x, blockIdx.y,
-                                   blockIdx.z, l, w, src, exists ? "is not in the mask" : "does not exist", W.mask,
-                                   L.nthreads));
+                    fail(L, format("%s (%s) in kernel %s: in %s, lane %u of warp %u reads lane %u, which %s "
+                                   "(mask 0x%08x, block of %u threads)",
+                                   op_name(E.op), site_str(E.site).c_str(), L.kernel, block_str(L).c_str(), l, w,
+                                   src, exists ? "is not in the mask" : "does not exist", E.mask, L.nthreads));
                 }
                 W.out[l] = W.in[src];
             }
@@ -265,48 +288,43 @@ void trap(const std::source_location& site) {
 void sync_block(const std::source_location& site) {
     Launch& L = launch_of_this_thread();
     BlockBarrier& B = L.bar;
-    std::unique_lock lk(B.m);
-    if (L.failed) throw Abort{};
-    if (B.returned)
-        fail(L, format("__syncthreads (%s) in kernel %s: reached by %s after %u of the block's %u threads returned "
-                       "from the kernel; every thread of a block must reach each __syncthreads (undefined "
-                       "behaviour on a GPU)",
-                       site_str(site).c_str(), L.kernel, who().c_str(), B.returned, L.nthreads));
-    if (B.arrived == 0) {
-        B.site = site;
-    } else if (!same_site(B.site, site)) {
-        fail(L, format("__syncthreads in kernel %s: threads of block (%u,%u,%u) wait at different calls, %s and %s "
-                       "(a __syncthreads in divergent code: undefined behaviour on a GPU)",
-                       L.kernel, blockIdx.x, blockIdx.y, blockIdx.z, site_str(B.site).c_str(),
-                       site_str(site).c_str()));
+    uint32_t seen;
+    {
+        std::lock_guard g(B.m);
+        if (L.failed) throw Abort{};
+        if (B.returned)
+            fail(L, format("__syncthreads (%s) in kernel %s: reached by %s after %u of the block's %u threads "
+                           "returned from the kernel; every thread of a block must reach each __syncthreads "
+                           "(undefined behaviour on a GPU)",
+                           site_str(site).c_str(), L.kernel, who().c_str(), B.returned, L.nthreads));
+        if (B.arrived == 0) {
+            B.site = site;
+        } else if (!same_site(B.site, site)) {
+            fail(L, format("__syncthreads in kernel %s: threads of %s wait at different calls, %s and %s (a "
+                           "__syncthreads in divergent code: undefined behaviour on a GPU)",
+                           L.kernel, block_str(L).c_str(), site_str(B.site).c_str(), site_str(site).c_str()));
+        }
+        if (++B.arrived == L.nthreads) {
+            B.arrived = 0;
+            L.progress.fetch_add(1, std::memory_order_relaxed);
+            bump(B.phase);
+            return;
+        }
+        seen = B.phase.load();
     }
-    if (++B.arrived == L.nthreads) {
-        B.arrived = 0;
-        ++B.phase;
-        B.cv.notify_all();
-        return;
-    }
-    const uint64_t phase = B.phase;
-    wait(L, B.cv, lk, [&] { return B.phase != phase; }, [&] {
-        return format("deadlock at __syncthreads (%s) in kernel %s: after %lld ms only %u of the %u threads of "
-                      "block (%u,%u,%u) had arrived (the others wait elsewhere, e.g. in a warp operation, or loop)",
-                      site_str(site).c_str(), L.kernel, timeout_ms(L), B.arrived, L.nthreads, blockIdx.x,
-                      blockIdx.y, blockIdx.z);
-    });
+    wait_phase(L, B.phase, seen);
 }
 
 // Lanes arrive one by one; the last lane named in the mask computes every lane's result.
-// Lanes outside a pending exchange's mask wait for it to finish before starting their own,
-// which supports sub-warp masks used one after another (not two disjoint groups of the
-// same warp exchanging at the same time: that is reported as a disagreement).
+// A lane joins the open exchange with the same operation and mask, or opens a new one.
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, long long param, int width, unsigned size,
                        const std::source_location& site) {
     Launch& L = launch_of_this_thread();
     const unsigned lane = current_tid % 32, w = current_tid / 32, bit = 1u << lane;
     Warp& W = L.warps[w];
+    auto where = [&] { return format("%s (%s) in kernel %s", op_name(op), site_str(site).c_str(), L.kernel); };
     std::unique_lock lk(W.m);
     if (L.failed) throw Abort{};
-    auto where = [&] { return format("%s (%s) in kernel %s", op_name(op), site_str(site).c_str(), L.kernel); };
     if (!(mask & bit))
         fail(L, format("%s: %s (lane %u of warp %u) is not in its own mask 0x%08x (undefined behaviour on a GPU)",
                        where().c_str(), who().c_str(), lane, w, mask));
@@ -316,45 +334,46 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, long long param
                        where().c_str(), mask, w, std::popcount(W.lanes), L.nthreads, who().c_str()));
     if (width < 1 || width > 32 || (width & (width - 1)))
         fail(L, format("%s: width %d is not a power of two in 1..32", where().c_str(), width));
-
-    wait(L, W.cv, lk, [&] { return W.arrived == 0 || (W.mask & bit); }, [&] {
-        return format("deadlock at %s: after %lld ms, lane %u of warp %u in block (%u,%u,%u) still waits for "
-                      "another exchange of its warp (%s, mask 0x%08x, lanes arrived 0x%08x) to finish",
-                      where().c_str(), timeout_ms(L), lane, w, blockIdx.x, blockIdx.y, blockIdx.z,
-                      op_name(W.op), W.mask, W.arrived);
-    });
-    if (W.arrived == 0) {
-        W.op = op, W.mask = mask, W.width = width, W.size = size, W.site = site, W.first_lane = lane;
-    } else if (W.op != op || W.mask != mask || W.width != width || W.size != size) {
-        fail(L, format("warp %u of block (%u,%u,%u) in kernel %s disagrees: lane %u calls %s (%s, mask 0x%08x, "
-                       "width %d, %u-byte value) while lane %u calls %s (%s, mask 0x%08x, width %d, %u-byte value)",
-                       w, blockIdx.x, blockIdx.y, blockIdx.z, L.kernel, W.first_lane, op_name(W.op),
-                       site_str(W.site).c_str(), W.mask, W.width, W.size, lane, op_name(op),
-                       site_str(site).c_str(), mask, width, size));
-    }
     if (mask & W.returned)
         fail(L, format("%s: mask 0x%08x names lanes of warp %u that have returned from the kernel (0x%08x), "
                        "called by %s",
                        where().c_str(), mask, w, W.returned & mask, who().c_str()));
 
+    size_t e = 0;
+    while (e < W.open.size() && !(W.open[e].op == op && W.open[e].mask == mask && W.open[e].width == width &&
+                                  W.open[e].size == size))
+        ++e;
+    if (e == W.open.size()) W.open.push_back({op, mask, size, width, site, lane, 0});
+    // Certain deadlock: lanes waiting in another exchange for this lane are lanes that this
+    // one needs. (Typically lanes of one warp calling different warp operations.)
+    for (const Exchange& other : W.open) {
+        if (&other == &W.open[e] || !(other.mask & bit)) continue;
+        if (const unsigned stuck = other.arrived & mask & ~W.open[e].arrived)
+            fail(L, format("warp %u of %s in kernel %s disagrees: lane %u calls %s (%s, mask 0x%08x, width %d, "
+                           "%u-byte value) while lanes 0x%08x, which it needs, wait for it in %s (%s, mask 0x%08x, "
+                           "width %d, %u-byte value)",
+                           w, block_str(L).c_str(), L.kernel, lane, op_name(op), site_str(site).c_str(), mask,
+                           width, size, stuck, op_name(other.op), site_str(other.site).c_str(), other.mask,
+                           other.width, other.size));
+    }
+
     W.in[lane] = value;
     W.param[lane] = param;
-    W.arrived |= bit;
-    if (W.arrived == mask) {
-        complete_exchange(L, W, w);
-        W.arrived = 0;
-        ++W.phase;
-        W.cv.notify_all();
+    W.busy |= bit;
+    if ((W.open[e].arrived |= bit) == mask) {
+        complete_exchange(L, W, W.open[e], w);
+        W.busy &= ~mask;
+        W.open.erase(W.open.begin() + std::ptrdiff_t(e));
+        L.progress.fetch_add(1, std::memory_order_relaxed);
+        bump(W.phase);
         return W.out[lane];
     }
-    const uint64_t phase = W.phase;
-    wait(L, W.cv, lk, [&] { return W.phase != phase; }, [&] {
-        return format("deadlock at %s: after %lld ms only lanes 0x%08x of mask 0x%08x of warp %u in block "
-                      "(%u,%u,%u) had arrived",
-                      where().c_str(), timeout_ms(L), W.arrived, W.mask, w, blockIdx.x, blockIdx.y, blockIdx.z);
-    });
-    // Safe to read after the lock was released and taken again: out[lane] is rewritten only
-    // by a later exchange that includes this lane, which cannot complete before it arrives.
+    while (W.busy & bit) {
+        const uint32_t seen = W.phase.load();
+        lk.unlock();
+        wait_phase(L, W.phase, seen);
+        lk.lock();
+    }
     return W.out[lane];
 }
 
@@ -374,21 +393,21 @@ void thread_returned(Launch& L, unsigned tid) {
         std::lock_guard g(B.m);
         ++B.returned;
         if (B.arrived && !L.failed)
-            record(L, format("kernel %s: %s returned while %u threads of its block wait at __syncthreads (%s); "
+            record(L, format("kernel %s: %s returned while %u thread(s) of its block wait at __syncthreads (%s); "
                              "every thread of a block must reach each __syncthreads (undefined behaviour on a GPU)",
                              L.kernel, who().c_str(), B.arrived, site_str(B.site).c_str()));
-        B.cv.notify_all();
     }
     {
         Warp& W = L.warps[tid / 32];
         const unsigned bit = 1u << (tid % 32);
         std::lock_guard g(W.m);
         W.returned |= bit;
-        if ((W.arrived && (W.mask & bit)) && !L.failed)
-            record(L, format("kernel %s: %s (lane %u) returned while lanes 0x%08x of its warp wait for it at %s (%s)",
-                             L.kernel, who().c_str(), tid % 32, W.arrived, op_name(W.op),
-                             site_str(W.site).c_str()));
-        W.cv.notify_all();
+        for (const Exchange& E : W.open)
+            if ((E.mask & bit) && !L.failed)
+                record(L, format("kernel %s: %s (lane %u) returned while lanes 0x%08x of its warp wait for it at %s "
+                                 "(%s)",
+                                 L.kernel, who().c_str(), tid % 32, E.arrived, op_name(E.op),
+                                 site_str(E.site).c_str()));
     }
 }
 
@@ -414,6 +433,61 @@ void worker(Launch& L, unsigned tid) {
         L.end.arrive_and_wait();  // NextBlock runs here, once
     }
     current = nullptr;
+    std::lock_guard g(L.done_m);
+    ++L.finished;
+    L.done_cv.notify_one();
+}
+
+// Called by the watchdog when nothing has completed for the timeout: if threads wait in a
+// rendezvous, that is a deadlock (or a wait longer than the timeout): say who waits where.
+void check_deadlock(Launch& L) {
+    std::string waits;
+    {
+        std::lock_guard g(L.bar.m);
+        if (L.bar.arrived)
+            waits += format("; %u of its %u threads wait at __syncthreads (%s)", L.bar.arrived, L.nthreads,
+                            site_str(L.bar.site).c_str());
+    }
+    for (unsigned w = 0; w < L.nwarps; ++w) {
+        Warp& W = L.warps[w];
+        std::lock_guard g(W.m);
+        for (const Exchange& E : W.open)
+            waits += format("; lanes 0x%08x of warp %u wait at %s (%s) for lanes 0x%08x", E.arrived, w,
+                            op_name(E.op), site_str(E.site).c_str(), E.mask & ~E.arrived);
+    }
+    if (waits.empty()) return;  // threads are computing, not waiting
+    const long long ms = std::chrono::duration_cast<std::chrono::milliseconds>(L.timeout).count();
+    record(L, format("deadlock in kernel %s, %s: nothing completed for %lld ms (KILN_EMU_BARRIER_TIMEOUT_MS)",
+                     L.kernel, block_str(L).c_str(), ms) +
+                  waits);
+}
+
+// The launching thread, until every worker has finished.
+void watchdog(Launch& L, unsigned started) {
+    const auto slice = std::min<Clock::duration>(L.timeout / 4, std::chrono::milliseconds(100));
+    uint64_t last = L.progress;
+    auto since = Clock::now();
+    bool warned = false;
+    std::unique_lock lk(L.done_m);
+    while (L.finished < started) {
+        L.done_cv.wait_for(lk, slice);
+        const auto now = Clock::now();
+        if (L.progress != last) {
+            last = L.progress;
+            since = now;
+        } else if (now - since >= L.timeout && !L.failed) {
+            lk.unlock();
+            check_deadlock(L);
+            lk.lock();
+            since = now;
+        } else if (now - since >= 2 * L.timeout && L.failed && !warned) {
+            // Threads cannot be killed: one that never returns (an endless loop) holds the
+            // launch. Say so, for a CI log that would otherwise show only a hang.
+            std::fprintf(stderr, "kiln emu: kernel %s has failed but %u thread(s) still run; waiting for them\n",
+                         L.kernel, started - L.finished);
+            warned = true;
+        }
+    }
 }
 
 std::mutex& launch_mutex() {
@@ -436,7 +510,8 @@ std::string check_config(const char* kernel, const Kernel* k, dim3 g, dim3 b, vo
     if (!kernel) return "kiln_emu_launch: kernel name is NULL";
     if (!k) return format("unknown kernel '%s' (%d kernels registered)", kernel, int(registry().size()));
     if (!g.x || !g.y || !g.z || !b.x || !b.y || !b.z)
-        return format("kernel %s: empty launch, grid (%u,%u,%u) block (%u,%u,%u)", kernel, g.x, g.y, g.z, b.x, b.y, b.z);
+        return format("kernel %s: empty launch, grid (%u,%u,%u) block (%u,%u,%u)", kernel, g.x, g.y, g.z, b.x, b.y,
+                      b.z);
     if (b.x > 1024 || b.y > 1024 || b.z > 64 || uint64_t(b.x) * b.y * b.z > 1024)
         return format("kernel %s: block (%u,%u,%u) exceeds CUDA's limits (1024 threads; x, y <= 1024, z <= 64)",
                       kernel, b.x, b.y, b.z);
@@ -475,6 +550,7 @@ int launch(const char* kernel, dim3 g, dim3 b, unsigned shared_bytes, void** arg
         L.stop = true;  // the started workers see it once released, before touching anything
     }
     L.start.count_down();
+    watchdog(L, unsigned(threads.size()));
     for (std::thread& t : threads) t.join();
     msg = L.err;
     return msg.empty() ? 0 : 2;
@@ -488,13 +564,17 @@ void NextBlock::operator()() noexcept {
     const unsigned char* guard = L.shared_data() + L.shared_bytes;
     for (size_t i = 0; i < kGuardBytes; ++i) {
         if (guard[i] != kGuardByte) {
-            record(L, format("kernel %s: block %u wrote past the end of its %zu bytes of dynamic shared memory",
-                             L.kernel, L.block_index, L.shared_bytes));
+            record(L, format("kernel %s: %s wrote past the end of its %zu bytes of dynamic shared memory", L.kernel,
+                             block_str(L).c_str(), L.shared_bytes));
             break;
         }
     }
     L.bar.arrived = L.bar.returned = 0;
-    for (unsigned w = 0; w * 32 < L.nthreads; ++w) L.warps[w].arrived = L.warps[w].returned = 0;
+    for (unsigned w = 0; w < L.nwarps; ++w) {
+        L.warps[w].open.clear();
+        L.warps[w].busy = L.warps[w].returned = 0;
+    }
+    L.progress.fetch_add(1, std::memory_order_relaxed);
     ++L.block_index;
     L.stop = L.failed || L.block_index == L.nblocks;
     if (!L.stop) L.prepare_shared();

@@ -159,6 +159,17 @@ KILN_KERNEL void partial_warp_ok(int* out) {
 }
 KILN_REGISTER(partial_warp_ok);
 
+// Sub-warp masks one after another: lanes 0..15 exchange among themselves, then the whole
+// warp. Lanes 16..31 reach the second exchange first and must wait for the first to end.
+KILN_KERNEL void subwarp_masks(int* out) {
+    const int lane = (int)(threadIdx.x % 32);
+    int v = lane;
+    if (lane < 16) v = __shfl_xor_sync(0x0000ffffu, v, 1);
+    v = __shfl_xor_sync(0xffffffffu, v, 16);
+    out[threadIdx.x] = v;
+}
+KILN_REGISTER(subwarp_masks);
+
 // ---- Kernels with bugs the emulator must report -----------------------------------------
 
 // Thread 7 skips the barrier (and returns while the others wait).
@@ -202,6 +213,15 @@ KILN_KERNEL void cross_wait(float* out) {
     out[threadIdx.x] = v;
 }
 KILN_REGISTER(cross_wait);
+
+// Lane 0 calls a different warp operation than its warp-mates.
+KILN_KERNEL void mixed_warp_ops(int* out) {
+    int v = (int)threadIdx.x;
+    if (threadIdx.x == 0) v = (int)__ballot_sync(0xffffffffu, 1);
+    else v = __shfl_xor_sync(0xffffffffu, v, 1);
+    out[threadIdx.x] = v;
+}
+KILN_REGISTER(mixed_warp_ops);
 
 // A lane reads from a lane outside the mask.
 KILN_KERNEL void shfl_outside_mask(int* out) {

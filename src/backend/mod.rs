@@ -3,6 +3,7 @@
 //! variant joins the CPU one here.
 
 pub mod cpu;
+pub mod cuda;
 mod ops;
 
 pub use cpu::CpuStorage;

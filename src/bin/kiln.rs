@@ -1,4 +1,4 @@
-//! The `kiln` command: train, evaluate, and report what hardware Kiln can use.
+//! The `kiln` command: train, evaluate, serve, and report what hardware Kiln can use.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -42,6 +42,47 @@ enum Command {
     },
     /// Devices and libraries Kiln can use.
     Info,
+    /// Serve a checkpoint over TensorFlow Serving's REST API (predict, status, metadata).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Parser)]
+struct ServeArgs {
+    /// A checkpoint directory (served as version 1), or a base directory of numbered
+    /// version directories (BASE/1, BASE/2, ...; the highest answers unversioned requests).
+    #[arg(long)]
+    model: PathBuf,
+    /// The model's name in URLs: /v1/models/NAME.
+    #[arg(long, default_value = "mnist")]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, default_value_t = 8501)]
+    port: u16,
+    /// auto, cpu or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Most rows in one forward pass (dynamic batching); 1 turns batching off.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long a batch waits for more requests, in milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    batch_timeout_ms: f64,
+    /// Most predict requests queued or running at once; past it, 503.
+    #[arg(long, default_value_t = 1024)]
+    queue_size: usize,
+    /// Forward passes run at the same time (default: one per CPU core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest request body in bytes; past it, 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Longest a request may take, in seconds; past it, 504.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout_s: f64,
+    /// How often to look for new versions, in seconds (0: never).
+    #[arg(long, default_value_t = 1.0)]
+    poll_s: f64,
 }
 
 #[derive(clap::Parser)]
@@ -135,14 +176,45 @@ fn main() -> Result<()> {
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
+            let p = kiln::backend::cuda::probe::probe();
+            for lib in [&p.driver, &p.nvrtc, &p.cublas, &p.nccl] {
+                println!("{:<14} {}", lib.name, lib.found.as_deref().unwrap_or("not found"));
+            }
+            println!("searched: {}", p.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+            println!("gpus: {}", kiln::backend::cuda::device_count());
             match Device::cuda(0) {
                 Ok(d) => println!("cuda: {d}"),
-                Err(e) => println!("cuda: unavailable ({e})"),
+                Err(e) => println!("cuda: {e}"),
             }
             println!("best device: {}", Device::best());
             Ok(())
         }
+        Some(Command::Serve(a)) => serve(a),
     }
+}
+
+fn seconds(what: &str, s: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{what} must be a non-negative number of seconds"))
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = kiln::serve::ServeConfig::new(a.model);
+    cfg.name = a.name;
+    cfg.addr = std::net::SocketAddr::new(a.host, a.port);
+    cfg.device = parse_device(&a.device)?;
+    cfg.max_batch = a.max_batch;
+    cfg.batch_timeout = seconds("--batch-timeout-ms", a.batch_timeout_ms / 1000.0)?;
+    cfg.queue_capacity = a.queue_size;
+    if let Some(w) = a.workers {
+        cfg.workers = w;
+    }
+    cfg.max_body_bytes = a.max_body_bytes;
+    cfg.request_timeout = seconds("--request-timeout-s", a.request_timeout_s)?;
+    cfg.poll_interval = seconds("--poll-s", a.poll_s)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(kiln::serve::run_until_signal(cfg))?;
+    Ok(())
 }
 
 fn train(a: TrainArgs) -> Result<()> {

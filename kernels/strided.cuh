@@ -1,0 +1,63 @@
+// Strided views passed to kernels by value: up to KILN_MAX_RANK dims, the output walked in
+// row-major order, each operand with its own element strides (0 on broadcast dims) and
+// offset. The host (src/backend/cuda/kernels.rs) fills the same #[repr(C)] layout.
+#ifndef KILN_STRIDED_CUH
+#define KILN_STRIDED_CUH
+#include "prelude.cuh"
+
+#define KILN_MAX_RANK 8
+
+struct KilnStrided1 {
+    int32_t rank;
+    int32_t pad_;
+    int64_t dims[KILN_MAX_RANK];
+    int64_t s0[KILN_MAX_RANK];
+    int64_t off0;
+};
+
+struct KilnStrided2 {
+    int32_t rank;
+    int32_t pad_;
+    int64_t dims[KILN_MAX_RANK];
+    int64_t s0[KILN_MAX_RANK];
+    int64_t s1[KILN_MAX_RANK];
+    int64_t off0;
+    int64_t off1;
+};
+
+// Element offsets of linear output index i in one or two operands: peel the row-major
+// multi-index from the last dim. Divisions cost, but these kernels are memory-bound.
+__device__ __forceinline__ int64_t kiln_offset1(const KilnStrided1& l, int64_t i) {
+    int64_t o = l.off0;
+    for (int d = l.rank - 1; d >= 0; --d) {
+        const int64_t c = i % l.dims[d];
+        i /= l.dims[d];
+        o += c * l.s0[d];
+    }
+    return o;
+}
+
+__device__ __forceinline__ void kiln_offset2(const KilnStrided2& l, int64_t i, int64_t& o0, int64_t& o1) {
+    o0 = l.off0;
+    o1 = l.off1;
+    for (int d = l.rank - 1; d >= 0; --d) {
+        const int64_t c = i % l.dims[d];
+        i /= l.dims[d];
+        o0 += c * l.s0[d];
+        o1 += c * l.s1[d];
+    }
+}
+
+// Loads and stores in float for every element type: f16/bf16 compute in f32.
+__device__ __forceinline__ float kiln_load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float kiln_load(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float kiln_load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void kiln_store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void kiln_store(__half* p, int64_t i, float v) { p[i] = __float2half(v); }
+__device__ __forceinline__ void kiln_store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
+
+// Grid-stride loop over n elements: any grid size covers any n.
+#define KILN_FOR_EACH(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+#endif

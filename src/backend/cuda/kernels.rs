@@ -1,0 +1,220 @@
+//! Typed launchers for the kernels of kernels/*.cu: each builds the argument array exactly
+//! as the kernel's signature declares it, so the same call serves cuLaunchKernel and the
+//! emulator. Device buffers are passed as device addresses (`u64`).
+
+use super::launch::{arg, grid_for, Launcher, BLOCK};
+use crate::backend::{BinaryOp, ReduceOp, UnaryOp};
+use crate::{DType, Error, Layout, Result};
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// The most dims a strided kernel argument carries (kernels/strided.cuh).
+pub const MAX_RANK: usize = 8;
+
+/// `KilnStrided1` of kernels/strided.cuh.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Strided1 {
+    rank: i32,
+    pad: i32,
+    dims: [i64; MAX_RANK],
+    s0: [i64; MAX_RANK],
+    off0: i64,
+}
+
+/// `KilnStrided2` of kernels/strided.cuh.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Strided2 {
+    rank: i32,
+    pad: i32,
+    dims: [i64; MAX_RANK],
+    s0: [i64; MAX_RANK],
+    s1: [i64; MAX_RANK],
+    off0: i64,
+    off1: i64,
+}
+
+fn fill(dst: &mut [i64; MAX_RANK], src: &[usize]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as i64;
+    }
+}
+
+fn check_rank(op: &'static str, l: &Layout) -> Result<()> {
+    if l.dims().len() > MAX_RANK {
+        return Err(Error::InvalidShape {
+            op,
+            shape: l.shape().clone(),
+            msg: format!("CUDA kernels take at most {MAX_RANK} dims"),
+        });
+    }
+    Ok(())
+}
+
+impl Strided1 {
+    pub fn new(l: &Layout) -> Result<Strided1> {
+        check_rank("cuda", l)?;
+        let mut s = Strided1 {
+            rank: l.dims().len() as i32,
+            pad: 0,
+            dims: [1; MAX_RANK],
+            s0: [0; MAX_RANK],
+            off0: l.offset() as i64,
+        };
+        fill(&mut s.dims, l.dims());
+        fill(&mut s.s0, l.strides());
+        Ok(s)
+    }
+}
+
+impl Strided2 {
+    /// Two views already broadcast to the same shape.
+    pub fn new(a: &Layout, b: &Layout) -> Result<Strided2> {
+        check_rank("cuda", a)?;
+        let mut s = Strided2 {
+            rank: a.dims().len() as i32,
+            pad: 0,
+            dims: [1; MAX_RANK],
+            s0: [0; MAX_RANK],
+            s1: [0; MAX_RANK],
+            off0: a.offset() as i64,
+            off1: b.offset() as i64,
+        };
+        fill(&mut s.dims, a.dims());
+        fill(&mut s.s0, a.strides());
+        fill(&mut s.s1, b.strides());
+        Ok(s)
+    }
+}
+
+/// The kernel-name suffix of a GPU dtype.
+pub fn suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        _ => Err(Error::UnsupportedDType { op, dtype, msg: "CUDA kernels take F32, F16 and BF16" }),
+    }
+}
+
+/// Op code and parameters of `kiln_unary` in kernels/elementwise.cu.
+pub fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
+    match op {
+        UnaryOp::Neg => (0, 0.0, 0.0),
+        UnaryOp::Exp => (1, 0.0, 0.0),
+        UnaryOp::Log => (2, 0.0, 0.0),
+        UnaryOp::Sqrt => (3, 0.0, 0.0),
+        UnaryOp::Abs => (4, 0.0, 0.0),
+        UnaryOp::Tanh => (5, 0.0, 0.0),
+        UnaryOp::Sigmoid => (6, 0.0, 0.0),
+        UnaryOp::Relu => (7, 0.0, 0.0),
+        UnaryOp::Gelu => (8, 0.0, 0.0),
+        UnaryOp::GeluGrad => (9, 0.0, 0.0),
+        UnaryOp::Silu => (10, 0.0, 0.0),
+        UnaryOp::SiluGrad => (11, 0.0, 0.0),
+        UnaryOp::Sign => (12, 0.0, 0.0),
+        UnaryOp::Step => (13, 0.0, 0.0),
+        UnaryOp::Recip => (14, 0.0, 0.0),
+        UnaryOp::Sqr => (15, 0.0, 0.0),
+        UnaryOp::Affine { mul, add } => (16, mul as f32, add as f32),
+        UnaryOp::Powf(p) => (17, p as f32, 0.0),
+    }
+}
+
+/// Op code of `kiln_binary` in kernels/elementwise.cu.
+pub fn binary_code(op: BinaryOp) -> i32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+        BinaryOp::Pow => 4,
+        BinaryOp::Maximum => 5,
+        BinaryOp::Minimum => 6,
+        BinaryOp::Eq => 7,
+        BinaryOp::Ne => 8,
+        BinaryOp::Lt => 9,
+        BinaryOp::Le => 10,
+        BinaryOp::Gt => 11,
+        BinaryOp::Ge => 12,
+    }
+}
+
+/// y[i] = op(x[l(i)]) for the elem_count of `xl`; y contiguous.
+pub fn unary(k: &dyn Launcher, dtype: DType, op: UnaryOp, x: u64, xl: &Layout, y: u64) -> Result<()> {
+    let name = format!("unary_{}", suffix("unary", dtype)?);
+    let (mut code, mut p0, mut p1) = unary_code(op);
+    let mut n = xl.elem_count() as i64;
+    let (mut l, mut x, mut y) = (Strided1::new(xl)?, x, y);
+    let mut args = [arg(&mut n), arg(&mut code), arg(&mut p0), arg(&mut p1), arg(&mut l), arg(&mut x), arg(&mut y)];
+    k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
+/// out[i] = op(a[la(i)], b[lb(i)]); both layouts broadcast to the output shape.
+#[allow(clippy::too_many_arguments)]
+pub fn binary(
+    k: &dyn Launcher,
+    dtype: DType,
+    op: BinaryOp,
+    a: u64,
+    la: &Layout,
+    b: u64,
+    lb: &Layout,
+    out: u64,
+) -> Result<()> {
+    let name = format!("binary_{}", suffix("binary", dtype)?);
+    let mut code = binary_code(op);
+    let mut n = la.elem_count() as i64;
+    let (mut l, mut a, mut b, mut out) = (Strided2::new(la, lb)?, a, b, out);
+    let mut args = [arg(&mut n), arg(&mut code), arg(&mut l), arg(&mut a), arg(&mut b), arg(&mut out)];
+    k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
+/// Contiguous copy of the view `xl`, converting dtype `from` to `to`.
+pub fn copy(k: &dyn Launcher, from: DType, to: DType, x: u64, xl: &Layout, y: u64) -> Result<()> {
+    let name = format!("copy_{}_{}", suffix("copy", from)?, suffix("copy", to)?);
+    let mut n = xl.elem_count() as i64;
+    let (mut l, mut x, mut y) = (Strided1::new(xl)?, x, y);
+    let mut args = [arg(&mut n), arg(&mut l), arg(&mut x), arg(&mut y)];
+    k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
+/// out[r] = sum / max / min of row r of a contiguous [rows, cols] matrix.
+pub fn reduce_rows(
+    k: &dyn Launcher,
+    dtype: DType,
+    op: ReduceOp,
+    rows: usize,
+    cols: usize,
+    x: u64,
+    out: u64,
+) -> Result<()> {
+    let mut code = match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Max => 1,
+        ReduceOp::Min => 2,
+        _ => return Err(Error::invalid("reduce_rows", format!("{op:?} has no CUDA kernel yet"))),
+    };
+    let name = format!("reduce_rows_{}", suffix("reduce", dtype)?);
+    check_grid("reduce_rows", rows)?;
+    let (mut cols, mut x, mut out) = (cols as i64, x, out);
+    let mut args = [arg(&mut cols), arg(&mut code), arg(&mut x), arg(&mut out)];
+    k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
+/// softmax (or log_softmax) of each row of a contiguous [rows, cols] matrix.
+pub fn softmax_rows(k: &dyn Launcher, dtype: DType, log: bool, rows: usize, cols: usize, x: u64, y: u64) -> Result<()> {
+    let name = format!("softmax_rows_{}", suffix("softmax", dtype)?);
+    check_grid("softmax_rows", rows)?;
+    let (mut cols, mut log, mut x, mut y) = (cols as i64, log as i32, x, y);
+    let mut args = [arg(&mut cols), arg(&mut log), arg(&mut x), arg(&mut y)];
+    k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
+fn check_grid(op: &'static str, rows: usize) -> Result<()> {
+    if rows == 0 || rows > i32::MAX as usize {
+        return Err(Error::invalid(op, format!("{rows} rows: need 1..=2^31-1 (one block per row)")));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The CUDA side. Today: finding the driver and libraries (never panicking when they are
+//! absent) and describing the GPUs; the kernels in `kernels/` and their launch path come next
+//! (see the CUDA issue's notes).
+
+pub mod emu;
+pub mod kernels;
+pub mod launch;
+pub mod nvrtc;
+pub mod probe;
+
+use crate::{Device, Error, Result};
+
+/// What the driver reports about one GPU.
+#[derive(Debug, Clone)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+}
+
+/// The GPU `ordinal`, or why it cannot be used (no driver, no device, driver error).
+pub fn gpu_info(ordinal: usize) -> Result<GpuInfo> {
+    let device = Device::Cuda(ordinal);
+    let p = probe::probe();
+    if p.driver.found.is_none() {
+        return Err(Error::DeviceUnavailable {
+            device,
+            msg: format!(
+                "no CUDA driver (libcuda.so.1) found on the library search path or in {} other places",
+                p.searched.len()
+            ),
+        });
+    }
+    let err = |e: cudarc::driver::DriverError| Error::DeviceUnavailable { device, msg: format!("CUDA driver: {e}") };
+    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(err)?;
+    Ok(GpuInfo {
+        ordinal,
+        name: ctx.name().map_err(err)?,
+        compute_capability: ctx.compute_capability().map_err(err)?,
+        total_memory: ctx.total_mem().map_err(err)?,
+    })
+}
+
+/// Number of GPUs the driver sees (0 without a driver).
+pub fn device_count() -> usize {
+    if probe::probe().driver.found.is_none() {
+        return 0;
+    }
+    cudarc::driver::CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
+}
