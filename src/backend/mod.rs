@@ -7,7 +7,7 @@ pub mod cuda;
 mod ops;
 
 pub use cpu::CpuStorage;
-pub use ops::{BinaryOp, ReduceOp, UnaryOp, Window2d};
+pub use ops::{AdamStep, BinaryOp, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Layout, Result};
 
@@ -162,6 +162,14 @@ impl Storage {
         let _p = crate::profile::scope("softmax");
         match self {
             Storage::Cpu(s) => cpu::softmax_last_dim(s, l, log).map(Storage::Cpu),
+        }
+    }
+    /// One fused Adam/AdamW step in place on `self` (the parameter), `m` and `v`, reading
+    /// `g`; all contiguous with the same length. Ok(false): no fused kernel for this dtype.
+    pub fn adam_step(&mut self, g: &Storage, m: &mut Storage, v: &mut Storage, h: &AdamStep) -> Result<bool> {
+        let _p = crate::profile::scope("adam_step");
+        match (self, g, m, v) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => Ok(cpu::adam_step(p, g, m, v, h)),
         }
     }
     pub fn cross_entropy(

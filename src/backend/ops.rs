@@ -149,3 +149,15 @@ impl Window2d {
         ))
     }
 }
+
+/// One Adam / AdamW step's hyper-parameters (`step` is t, counted from 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub decoupled: bool,
+    pub step: f64,
+}

@@ -39,8 +39,23 @@ impl Tensor {
         Ok(Tensor::from_op(s, Layout::contiguous(with(m, n)), "matmul", &[self, rhs], move |g| {
             // dA = dC @ Bᵀ, dB = Aᵀ @ dC (transposes are views), summed over broadcast batches.
             let ga = if need_a { Some(g.matmul(&b.transpose(-1, -2)?)?.sum_to(a.shape())?) } else { None };
-            let gb = if need_b { Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?) } else { None };
+            let gb = if !need_b {
+                None
+            } else if a.rank() == 2 && g.rank() == 2 && col_major(&b) {
+                // b is a transposed view (Linear's Wᵀ): produce its gradient as the transpose of
+                // a row-major matrix, so the view's own backward hands W a contiguous gradient
+                // instead of one that must be copied.
+                Some(g.t()?.matmul(&a)?.t()?)
+            } else {
+                Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?)
+            };
             Ok(vec![ga, gb])
         }))
     }
+}
+
+/// A 2-D view stored column by column (the transpose of a contiguous matrix).
+fn col_major(t: &Tensor) -> bool {
+    let (d, s) = (t.dims(), t.layout().strides());
+    t.rank() == 2 && d[0] > 1 && d[1] > 1 && s[0] == 1 && s[1] == d[0]
 }

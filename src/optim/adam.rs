@@ -1,6 +1,7 @@
 //! Adam and AdamW, as torch.optim.Adam / AdamW (single-tensor path, amsgrad off).
 
 use super::{all_params, Optimizer, ParamGroup, State};
+use crate::backend::AdamStep;
 use crate::{no_grad, DType, Result, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,37 @@ impl Adam {
     }
 }
 
+/// The whole step in one pass over p, g, m, v (the backend's fused kernel), when every buffer
+/// is a dense whole storage of a dtype that has one. Ok(false): use `unfused_step`.
+fn fused_step(p: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &AdamStep) -> Result<bool> {
+    let grad = grad.contiguous()?;
+    let dense = [p, &grad, m, v].iter().all(|t| t.is_whole_storage());
+    if !dense || p.same_storage(m) || p.same_storage(v) || m.same_storage(v) || grad.same_storage(p) {
+        return Ok(false);
+    }
+    let gs = grad.storage();
+    let (mut ps, mut ms, mut vs) = (p.storage_mut(), m.storage_mut(), v.storage_mut());
+    ps.adam_step(&gs, &mut ms, &mut vs, h)
+}
+
+/// The same step in tensor ops (any dtype, any layout): updates p, returns the new m and v.
+fn unfused_step(p: &Tensor, mut grad: Tensor, m: &Tensor, v: &Tensor, h: &AdamStep) -> Result<(Tensor, Tensor)> {
+    if h.weight_decay != 0.0 {
+        if h.decoupled {
+            p.assign(&p.mul_scalar(1.0 - h.lr * h.weight_decay)?)?;
+        } else {
+            grad = grad.add(&p.mul_scalar(h.weight_decay)?)?;
+        }
+    }
+    let m = m.add(&grad.sub(m)?.mul_scalar(1.0 - h.beta1)?)?;
+    let v = v.mul_scalar(h.beta2)?.add(&grad.sqr()?.mul_scalar(1.0 - h.beta2)?)?;
+    let step_size = h.lr / (1.0 - h.beta1.powf(h.step));
+    let bc2_sqrt = (1.0 - h.beta2.powf(h.step)).sqrt();
+    let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, h.eps)?;
+    p.assign(&p.sub(&m.div(&denom)?.mul_scalar(step_size)?)?)?;
+    Ok((m, v))
+}
+
 impl Optimizer for Adam {
     /// t += 1; (AdamW: p *= 1 - lr·wd | Adam: g += wd·p); m = lerp(m, g, 1-β1);
     /// v = β2·v + (1-β2)·g²; p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε).
@@ -51,28 +83,30 @@ impl Optimizer for Adam {
                 for p in &g.params {
                     let idx = i;
                     i += 1;
-                    let Some(mut grad) = p.grad() else { continue };
+                    let Some(grad) = p.grad() else { continue };
                     let t = self.state.get(idx, "step").map(|s| s.to_scalar::<f64>()).transpose()?.unwrap_or(0.0) + 1.0;
-                    if g.weight_decay != 0.0 {
-                        if c.decoupled_weight_decay {
-                            p.assign(&p.mul_scalar(1.0 - g.lr * g.weight_decay)?)?;
-                        } else {
-                            grad = grad.add(&p.mul_scalar(g.weight_decay)?)?;
-                        }
-                    }
+                    let h = AdamStep {
+                        lr: g.lr,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        weight_decay: g.weight_decay,
+                        decoupled: c.decoupled_weight_decay,
+                        step: t,
+                    };
                     let m = match self.state.get(idx, "exp_avg") {
-                        Some(m) => m.add(&grad.sub(m)?.mul_scalar(1.0 - c.beta1)?)?,
-                        None => grad.mul_scalar(1.0 - c.beta1)?,
+                        Some(m) => m.clone(),
+                        None => p.zeros_like()?,
                     };
-                    let g2 = grad.sqr()?.mul_scalar(1.0 - c.beta2)?;
                     let v = match self.state.get(idx, "exp_avg_sq") {
-                        Some(v) => v.mul_scalar(c.beta2)?.add(&g2)?,
-                        None => g2,
+                        Some(v) => v.clone(),
+                        None => p.zeros_like()?,
                     };
-                    let step_size = g.lr / (1.0 - c.beta1.powf(t));
-                    let bc2_sqrt = (1.0 - c.beta2.powf(t)).sqrt();
-                    let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
-                    p.assign(&p.sub(&m.div(&denom)?.mul_scalar(step_size)?)?)?;
+                    if !fused_step(p, &grad, &m, &v, &h)? {
+                        let (m2, v2) = unfused_step(p, grad, &m, &v, &h)?;
+                        m.assign(&m2)?;
+                        v.assign(&v2)?;
+                    }
                     self.state.set(idx, "exp_avg", m);
                     self.state.set(idx, "exp_avg_sq", v);
                     self.state.set(idx, "step", Tensor::scalar(t, DType::F64, p.device())?);

@@ -149,6 +149,13 @@ impl Tensor {
     pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.0.storage.read().unwrap_or_else(|p| p.into_inner())
     }
+    pub(crate) fn storage_mut(&self) -> std::sync::RwLockWriteGuard<'_, Storage> {
+        self.0.storage.write().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Whether the view covers its whole storage, densely, from element 0.
+    pub(crate) fn is_whole_storage(&self) -> bool {
+        self.is_contiguous() && self.layout().offset() == 0 && self.storage().len() == self.elem_count()
+    }
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.0.node.as_ref()
     }
