@@ -158,6 +158,13 @@ impl Storage {
             Storage::Cpu(s) => cpu::max_pool2d(s, l, w).map(|(v, i)| (Storage::Cpu(v), Storage::Cpu(i))),
         }
     }
+    /// Gradient of max_pool2d: `g` [planes, out] added at `idx` into zeros [planes, plane_len].
+    pub fn max_pool2d_backward(&self, l: &Layout, idx: &[i64], planes: usize, plane_len: usize) -> Result<Storage> {
+        let _p = crate::profile::scope("max_pool2d_backward");
+        match self {
+            Storage::Cpu(s) => cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu),
+        }
+    }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {
         let _p = crate::profile::scope("softmax");
         match self {

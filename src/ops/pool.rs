@@ -1,4 +1,4 @@
-//! Pooling. Max pooling keeps the argmax of each window so its gradient is a scatter_add;
+//! Pooling. Max pooling keeps the argmax of each window so its gradient is a scatter-add;
 //! average pooling is the mean of unfolded windows (padding counts, as PyTorch's default).
 
 use crate::backend::Window2d;
@@ -28,11 +28,11 @@ impl Tensor {
         let (vals, idx) = self.storage().max_pool2d(self.layout(), &w)?;
         let (n, c, h, wd) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let shape = Shape::new(vec![n, c, oh, ow]);
-        let idx = Tensor::from_storage(idx, Layout::contiguous(Shape::new(vec![n, c, oh * ow])));
+        let idx = idx.indices(&Layout::contiguous(Shape::new(vec![n * c * oh * ow])), "max_pool2d")?;
         Ok(Tensor::from_op(vals, Layout::contiguous(shape), "max_pool2d", &[self], move |g| {
-            let zeros = Tensor::zeros([n, c, h * wd], g.dtype(), g.device())?;
-            let gx = zeros.scatter_add(2, &idx, &g.reshape([n, c, oh * ow])?)?;
-            Ok(vec![Some(gx.reshape([n, c, h, wd])?)])
+            // Each window's gradient goes to its argmax (a scatter-add, one plane per task).
+            let gx = g.storage().max_pool2d_backward(g.layout(), &idx, n * c, h * wd)?;
+            Ok(vec![Some(Tensor::from_storage(gx, Layout::contiguous(Shape::new(vec![n, c, h, wd]))))])
         }))
     }
 

@@ -19,7 +19,7 @@ pub use elementwise::{binary, unary, where_cond};
 pub use index::{gather, index_add, index_select, scatter_add};
 pub use matmul::matmul;
 pub use optim::adam_step;
-pub use pool::max_pool2d;
+pub use pool::{max_pool2d, max_pool2d_backward};
 pub use reduce::reduce;
 pub use softmax::{cross_entropy, softmax_last_dim};
 pub use strided::{copy_into, to_contiguous};

@@ -31,6 +31,30 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
     }
     vals.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vo, io))| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
+        if w.padding == (0, 0) {
+            // Every tap is inside the image: no bounds checks in the hot loop.
+            let (kh, kw, (sh, sw), (dh, dw)) = (w.kernel.0, w.kernel.1, w.stride, w.dilation);
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let base = y * sh * wd + xo * sw;
+                    let (mut best, mut best_i) = (src[base], base);
+                    for i in 0..kh {
+                        let row = base + i * dh * wd;
+                        for j in 0..kw {
+                            let k = row + j * dw;
+                            let v = src[k];
+                            if v > best || (v.is_nan() && !best.is_nan()) {
+                                best = v;
+                                best_i = k;
+                            }
+                        }
+                    }
+                    vo[y * ow + xo] = best;
+                    io[y * ow + xo] = best_i as i64;
+                }
+            }
+            return;
+        }
         for y in 0..oh {
             for xo in 0..ow {
                 let mut best = T::neg_infinity();
@@ -58,4 +82,40 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
         }
     });
     (vals, idx)
+}
+
+/// The gradient of max pooling: each output gradient added at its window's argmax, one task
+/// per (image, channel) plane (planes are disjoint, so no two threads write the same place).
+/// `g` and `idx` are [planes, out_len]; the result is [planes, plane_len].
+pub fn max_pool2d_backward(
+    g: &CpuStorage,
+    gl: &Layout,
+    idx: &[i64],
+    planes: usize,
+    plane_len: usize,
+) -> Result<CpuStorage> {
+    fn go<T: Float>(g: &[T], idx: &[i64], planes: usize, plane_len: usize) -> Vec<T> {
+        let mut out = super::zeroed::<T>(planes * plane_len);
+        let out_len = g.len() / planes.max(1);
+        if out.is_empty() || out_len == 0 {
+            return out;
+        }
+        out.par_chunks_mut(plane_len).zip(g.par_chunks(out_len).zip(idx.par_chunks(out_len))).for_each(
+            |(dst, (g, idx))| {
+                for (&gv, &i) in g.iter().zip(idx) {
+                    // Indices come from max_pool2d itself: always inside the plane.
+                    if let Some(d) = dst.get_mut(i as usize) {
+                        *d = *d + gv;
+                    }
+                }
+            },
+        );
+        out
+    }
+    Ok(match float_view(g, gl, "max_pool2d_backward")? {
+        FloatView::F32(v, l2) => from_f32(go(&super::to_contiguous_vec(&v, &l2), idx, planes, plane_len), g.dtype()),
+        FloatView::F64(v, l2) => {
+            CpuStorage::new(CpuData::F64(go(&super::to_contiguous_vec(v, &l2), idx, planes, plane_len)))
+        }
+    })
 }
