@@ -51,6 +51,7 @@ __device__ __forceinline__ float kiln_binary(int32_t op, float a, float b) {
         case 10: return a <= b ? 1.0f : 0.0f;
         case 11: return a > b ? 1.0f : 0.0f;
         case 12: return a >= b ? 1.0f : 0.0f;
+        case 13: return b > 0.0f ? a : 0.0f;                   // relu backward: g where x > 0
         default: return __int_as_float(0x7fc00000);
     }
 }

@@ -78,6 +78,9 @@ pub enum BinaryOp {
     Le,
     Gt,
     Ge,
+    /// ReLU's gradient in one pass: `a` where `b` > 0, else 0 (a = upstream gradient,
+    /// b = the ReLU's input).
+    ReluBackward,
 }
 
 impl BinaryOp {
@@ -97,6 +100,7 @@ impl BinaryOp {
             BinaryOp::Le => "le",
             BinaryOp::Gt => "gt",
             BinaryOp::Ge => "ge",
+            BinaryOp::ReluBackward => "relu_backward",
         }
     }
 }

@@ -74,7 +74,7 @@ impl Tensor {
                 UnaryOp::Abs => g.mul(&x.sign()?)?,
                 UnaryOp::Tanh => g.mul(&y.sqr()?.affine(-1.0, 1.0)?)?,
                 UnaryOp::Sigmoid => g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?,
-                UnaryOp::Relu => g.mul(&x.unary(UnaryOp::Step, "step")?)?,
+                UnaryOp::Relu => g.relu_backward(&x)?,
                 UnaryOp::Gelu => g.mul(&x.unary(UnaryOp::GeluGrad, "gelu_grad")?)?,
                 UnaryOp::Silu => g.mul(&x.unary(UnaryOp::SiluGrad, "silu_grad")?)?,
                 UnaryOp::Recip => g.mul(&y.sqr()?)?.neg()?,
@@ -148,7 +148,7 @@ impl Tensor {
                 | BinaryOp::Maximum
                 | BinaryOp::Minimum
         ) {
-            // Comparisons: no gradient, no graph.
+            // Comparisons and relu_backward (used inside backward only): no graph.
             return Ok(Tensor::from_storage(s, layout));
         }
         let (a, b) = (self.detach(), rhs.detach());
@@ -189,6 +189,11 @@ impl Tensor {
             };
             Ok(vec![ga, gb])
         }))
+    }
+
+    /// ReLU's gradient: self (the upstream gradient) where `x` > 0, else 0; one pass, no graph.
+    pub(crate) fn relu_backward(&self, x: &Tensor) -> Result<Tensor> {
+        self.binary(x, BinaryOp::ReluBackward, "relu_backward")
     }
 
     /// `cond != 0 ? self : other`, all three broadcast together.

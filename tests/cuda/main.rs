@@ -187,6 +187,7 @@ fn binary_kernels_match_the_cpu_with_broadcast() {
         BinaryOp::Le,
         BinaryOp::Gt,
         BinaryOp::Ge,
+        BinaryOp::ReluBackward,
     ];
     // a: [5, 1, 7] broadcast against b: [3, 1] (transposed storage) -> [5, 3, 7].
     let a = data(35, 2, 0.5, 2.0);
@@ -196,7 +197,7 @@ fn binary_kernels_match_the_cpu_with_broadcast() {
     let la = Layout::contiguous(Shape::new(vec![5, 1, 7])).broadcast_as(&out_shape);
     let lb = Layout::contiguous(Shape::new(vec![1, 3])).permute(&[1, 0]).broadcast_as(&out_shape);
     let (ta, tb) = (cpu(&a, &[5, 1, 7]), cpu(&b, &[1, 3]).t().unwrap());
-    for op in ops {
+    for op in ops.into_iter().filter(|&o| o != BinaryOp::ReluBackward) {
         let out = vec![0f32; 105];
         kernels::binary(&EmuLauncher, DType::F32, op, ptr(&a), &la, ptr(&b), &lb, ptr(&out)).unwrap();
         let want = match op {
@@ -213,11 +214,28 @@ fn binary_kernels_match_the_cpu_with_broadcast() {
             BinaryOp::Le => ta.le(&tb),
             BinaryOp::Gt => ta.gt(&tb),
             BinaryOp::Ge => ta.ge(&tb),
+            // g where x > 0: b is all positive here, so shift it to get both signs.
+            BinaryOp::ReluBackward => unreachable!("checked below with signed inputs"),
         }
         .unwrap();
         assert_eq!(want.dims(), &[5, 3, 7]);
         close(&format!("{op:?}"), &out, &want.to_vec::<f32>().unwrap(), 1e-6);
     }
+}
+
+#[test]
+fn relu_backward_kernel_matches_the_cpu_gradient() {
+    // The gradient of sum(relu(x) * g) w.r.t. x, on the CPU through autograd, against the
+    // fused kernel fed g and x.
+    let x = data(300, 6, -1.0, 1.0);
+    let g = data(300, 7, -2.0, 2.0);
+    let xt = cpu(&x, &[300]).requires_grad_().unwrap();
+    xt.relu().unwrap().mul(&cpu(&g, &[300])).unwrap().sum_all().unwrap().backward().unwrap();
+    let want = xt.grad().unwrap().to_vec::<f32>().unwrap();
+    let l = Layout::contiguous(Shape::new(vec![300]));
+    let out = vec![0f32; 300];
+    kernels::binary(&EmuLauncher, DType::F32, BinaryOp::ReluBackward, ptr(&g), &l, ptr(&x), &l, ptr(&out)).unwrap();
+    close("relu_backward", &out, &want, 0.0);
 }
 
 #[test]

@@ -90,6 +90,7 @@ fn binary_t<T: Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout, op: BinaryOp) 
         BinaryOp::Le => m!(|x, y| flag(x <= y)),
         BinaryOp::Gt => m!(|x, y| flag(x > y)),
         BinaryOp::Ge => m!(|x, y| flag(x >= y)),
+        BinaryOp::ReluBackward => m!(|g, x| if x > T::zero() { g } else { T::zero() }),
     }
 }
 
@@ -127,9 +128,9 @@ fn binary_i64(a: &[i64], la: &Layout, b: &[i64], lb: &Layout, op: BinaryOp) -> R
         BinaryOp::Le => |a, b| (a <= b) as i64,
         BinaryOp::Gt => |a, b| (a > b) as i64,
         BinaryOp::Ge => |a, b| (a >= b) as i64,
-        BinaryOp::Div | BinaryOp::Pow => {
+        BinaryOp::Div | BinaryOp::Pow | BinaryOp::ReluBackward => {
             return Err(Error::UnsupportedDType {
-                op: if op == BinaryOp::Div { "div" } else { "pow" },
+                op: op.name(),
                 dtype: DType::I64,
                 msg: "cast to a float dtype first",
             })

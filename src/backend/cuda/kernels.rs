@@ -138,6 +138,7 @@ pub fn binary_code(op: BinaryOp) -> i32 {
         BinaryOp::Le => 10,
         BinaryOp::Gt => 11,
         BinaryOp::Ge => 12,
+        BinaryOp::ReluBackward => 13,
     }
 }
 
