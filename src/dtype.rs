@@ -51,6 +51,10 @@ pub trait WithDType: Copy + Send + Sync + Default + 'static + std::fmt::Debug {
     const DTYPE: DType;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
+    /// Exact for i64 (f64 holds only 53 bits); other types go through f64.
+    fn from_i64(v: i64) -> Self {
+        Self::from_f64(v as f64)
+    }
 }
 
 macro_rules! with_dtype {
@@ -72,4 +76,15 @@ with_dtype!(f32, F32, |v: f32| v as f64, |v: f64| v as f32);
 with_dtype!(f64, F64, |v: f64| v, |v: f64| v);
 with_dtype!(f16, F16, |v: f16| v.to_f64(), f16::from_f64);
 with_dtype!(bf16, BF16, |v: bf16| v.to_f64(), bf16::from_f64);
-with_dtype!(i64, I64, |v: i64| v as f64, |v: f64| v as i64);
+impl WithDType for i64 {
+    const DTYPE: DType = DType::I64;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as i64
+    }
+    fn from_i64(v: i64) -> Self {
+        v
+    }
+}

@@ -82,7 +82,7 @@ impl Tensor {
         let d = self.shape().dim(dim, "narrow")?;
         let size = self.dims()[d];
         if start.checked_add(len).is_none_or(|end| end > size) {
-            return Err(Error::IndexOutOfRange { op: "narrow", index: (start + len) as i64, size });
+            return Err(Error::IndexOutOfRange { op: "narrow", index: start.saturating_add(len) as i64, size });
         }
         let layout = self.layout().narrow(d, start, len);
         let full = self.shape().clone();

@@ -567,3 +567,12 @@ fn half_types_compute_in_f32() {
     assert_eq!(vec64(&t.to_dtype(DType::F16).unwrap()), v);
     assert_eq!(vec64(&t.to_dtype(DType::BF16).unwrap()), v);
 }
+
+#[test]
+fn large_integers_read_back_exactly() {
+    // 2^53 + 1 has no f64 representation: reading I64 must not go through f64.
+    let big = (1i64 << 53) + 1;
+    let t = Tensor::from_vec(vec![big, -big], [2], CPU).unwrap();
+    assert_eq!(t.to_vec::<i64>().unwrap(), vec![big, -big]);
+    assert_eq!(t.narrow(0, 1, 1).unwrap().to_scalar::<i64>().unwrap(), -big);
+}

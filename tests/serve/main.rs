@@ -12,28 +12,14 @@ use kiln::nn::{Module, Sequential};
 use kiln::serve::{ServeConfig, Server};
 use kiln::{DType, Device, Tensor};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 pub const CPU: Device = Device::Cpu;
 
-/// A fresh temporary directory (removed at drop).
-pub struct TempDir(pub PathBuf);
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("kiln-serve-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "../common/tempdir.rs"]
+mod tempdir;
+pub use tempdir::TempDir;
 
 /// The MLP of `kiln train --model mlp`, with fresh random weights.
 pub fn mlp() -> Sequential {

@@ -161,7 +161,8 @@ impl CpuStorage {
             CpuData::F64(v) => conv(v, layout),
             CpuData::F16(v) => conv(v, layout),
             CpuData::BF16(v) => conv(v, layout),
-            CpuData::I64(v) => conv(v, layout),
+            // Integers convert exactly (labels and counters may exceed f64's 53 bits).
+            CpuData::I64(v) => strided::map(v, layout, T::from_i64),
         }
     }
 
