@@ -69,9 +69,30 @@ pub enum Error {
     #[error("kernel {kernel}: {msg}")]
     Kernel { kernel: String, msg: String },
 
+    /// Data-parallel communication failed: a peer left or failed, a timeout, a rendezvous
+    /// that could not complete, or ranks that disagree (versions, configs, collectives).
+    #[error("distributed, rank {rank}: {msg}")]
+    Dist { rank: usize, kind: DistErrorKind, msg: String },
+
     /// An I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+}
+
+/// What kind of distributed failure an [`Error::Dist`] reports. `PeerLost` is usually the
+/// echo of another rank's failure; the other kinds are causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistErrorKind {
+    /// A peer closed its connection or its worker ended (often because it failed first).
+    PeerLost,
+    /// Nothing arrived within the configured timeout.
+    Timeout,
+    /// Rendezvous could not complete (port in use, peer never came, bad environment).
+    Rendezvous,
+    /// Ranks disagree: Kiln versions, configs, world sizes, or the collective being run.
+    Mismatch,
+    /// A worker's own code failed or panicked.
+    WorkerFailed,
 }
 
 /// `Result` with Kiln's [`Error`].
@@ -83,6 +104,9 @@ impl Error {
     }
     pub(crate) fn format(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.as_ref().display().to_string(), msg: msg.into() }
+    }
+    pub(crate) fn dist(rank: usize, kind: DistErrorKind, msg: impl Into<String>) -> Self {
+        Error::Dist { rank, kind, msg: msg.into() }
     }
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::InvalidArgument { op, msg: msg.into() }

@@ -44,6 +44,42 @@ enum Command {
     Info,
     /// Serve a checkpoint over TensorFlow Serving's REST API (predict, status, metadata).
     Serve(ServeArgs),
+    /// Start one process per rank with torchrun's environment: `kiln launch --nproc-per-node 2 -- train`.
+    Launch(LaunchArgs),
+    /// Check a multi-process setup: rendezvous, then an all-reduce whose result is known;
+    /// prints one JSON line per rank. Run it under `kiln launch`, torchrun or srun.
+    DistCheck {
+        /// Seconds to wait for peers.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Elements in the test all-reduce.
+        #[arg(long, default_value_t = 1 << 20)]
+        len: usize,
+    },
+}
+
+#[derive(clap::Parser)]
+struct LaunchArgs {
+    /// Processes (ranks) to start on this node.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Nodes in the job.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index, 0..nnodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of the node that runs rank 0.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    #[arg(long, default_value_t = kiln::dist::rendezvous::DEFAULT_PORT)]
+    master_port: u16,
+    /// Seconds the other ranks get to stop by themselves after one failed, before they are killed.
+    #[arg(long, default_value_t = 10.0)]
+    grace_s: f64,
+    /// The kiln command each rank runs (after `--`), e.g. `train --model cnn`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Parser)]
@@ -129,6 +165,24 @@ struct TrainArgs {
     /// Time every op; print the top ops and write trace.json (Chrome/Perfetto) into --out.
     #[arg(long)]
     profile: bool,
+    /// Data-parallel CPU worker threads; --batch-size stays the global batch, split among them.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Data-parallel over these GPUs of this process, e.g. 0,1 (NCCL).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<usize>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Seconds a data-parallel rank waits for a peer before failing.
+    #[arg(long, default_value_t = 60.0)]
+    dist_timeout: f64,
+    /// Gradient all-reduce bucket size in MiB.
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
+    /// Ranks other than 0 also write their final model into OUT/rank-R.
+    #[arg(long)]
+    save_every_rank: bool,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -190,7 +244,48 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Command::Serve(a)) => serve(a),
+        Some(Command::Launch(a)) => {
+            let cfg = kiln::dist::launch::LaunchConfig {
+                nproc_per_node: a.nproc_per_node,
+                nnodes: a.nnodes,
+                node_rank: a.node_rank,
+                master_addr: a.master_addr,
+                master_port: a.master_port,
+                program: std::env::current_exe().context("finding the kiln executable")?,
+                args: a.command,
+                grace: seconds("--grace-s", a.grace_s)?,
+            };
+            kiln::dist::launch::launch(&cfg)?;
+            Ok(())
+        }
+        Some(Command::DistCheck { timeout, len }) => dist_check(seconds("--timeout", timeout)?, len),
     }
+}
+
+/// Rendezvous through the environment, then an all-reduce of `rank + 1` in every element:
+/// each element must come back as 1 + 2 + ... + world_size.
+fn dist_check(timeout: std::time::Duration, len: usize) -> Result<()> {
+    use kiln::dist::{Communicator, ReduceOp};
+    let env = kiln::dist::DistEnv::from_env()?
+        .context("no RANK/WORLD_SIZE (or Slurm) variables: run it under `kiln launch`, torchrun or srun")?;
+    let (mut comm, token) = kiln::dist::tcp::connect_with_token(&env, &serde_json::json!({"check": len}), timeout)?;
+    let mut buf = vec![(env.rank + 1) as f32; len];
+    let start = std::time::Instant::now();
+    comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+    let secs = start.elapsed().as_secs_f64();
+    let want = (env.world_size * (env.world_size + 1) / 2) as f32;
+    let wrong = buf.iter().filter(|&&x| x != want).count();
+    comm.barrier()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
+            "backend": comm.backend(), "token": token.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "all_reduce_elements": len, "wrong_elements": wrong, "all_reduce_seconds": secs,
+        })
+    );
+    anyhow::ensure!(wrong == 0, "{wrong} of {len} elements wrong after the all-reduce (want {want})");
+    Ok(())
 }
 
 fn seconds(what: &str, s: f64) -> Result<std::time::Duration> {
@@ -235,8 +330,38 @@ fn train(a: TrainArgs) -> Result<()> {
         logdir: a.logdir,
         histogram_every: a.histogram_every,
         profile: a.profile,
+        workers: a.workers,
+        max_steps: a.max_steps,
+        dist_timeout_s: a.dist_timeout,
+        bucket_mb: a.bucket_mb,
+        save_every_rank: a.save_every_rank,
     };
-    let s = run(&cfg, device)?;
+    if !a.devices.is_empty() {
+        // NCCL is ready (kiln::dist::nccl) but the model would live on the CPU: say so
+        // rather than train there behind the user's back.
+        anyhow::bail!(
+            "--devices {:?}: data-parallel training on GPUs needs CUDA tensors, which this build does not have yet; \
+             use --workers N for CPU workers",
+            a.devices
+        );
+    }
+    let s = match kiln::dist::DistEnv::from_env()? {
+        Some(env) if env.world_size > 1 => {
+            anyhow::ensure!(
+                cfg.workers <= 1,
+                "--workers cannot be combined with a multi-process launch (RANK/WORLD_SIZE set)"
+            );
+            let comm = kiln::dist::tcp::connect(&env, &cfg.shared_settings(), cfg.dist_timeout())?;
+            match kiln::train::run_distributed(&cfg, device, Box::new(comm))? {
+                Some(s) => s,
+                None => {
+                    tracing::info!(rank = env.rank, "rank done");
+                    return Ok(());
+                }
+            }
+        }
+        _ => run(&cfg, device)?,
+    };
     if let Some(table) = &s.profile {
         println!("{table}");
     }

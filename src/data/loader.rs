@@ -16,11 +16,21 @@ pub struct DataLoader {
     pub seed: u64,
     /// Batches prepared ahead by the background thread.
     pub prefetch: usize,
+    /// `(rank, world_size)`: this rank's share of every batch (data-parallel training).
+    pub shard: Option<(usize, usize)>,
 }
 
 impl DataLoader {
     pub fn new(dataset: Arc<dyn Dataset>, batch_size: usize, shuffle: bool) -> DataLoader {
-        DataLoader { dataset, batch_size: batch_size.max(1), shuffle, drop_last: false, seed: 0, prefetch: 2 }
+        DataLoader {
+            dataset,
+            batch_size: batch_size.max(1),
+            shuffle,
+            drop_last: false,
+            seed: 0,
+            prefetch: 2,
+            shard: None,
+        }
     }
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -29,6 +39,18 @@ impl DataLoader {
     pub fn with_drop_last(mut self, on: bool) -> Self {
         self.drop_last = on;
         self
+    }
+    /// Makes this loader yield only rank `rank`'s share of each batch: the epoch's order and
+    /// batches stay those of one process with `batch_size`, and batch `b` is cut into
+    /// `world_size` contiguous, disjoint parts (sizes differing by at most one), so N ranks
+    /// together see exactly what one process would, and train to the same parameters.
+    pub fn with_shard(mut self, rank: usize, world_size: usize) -> Self {
+        self.shard = (world_size > 1).then_some((rank.min(world_size - 1), world_size));
+        self
+    }
+    /// Samples in batch `b` summed over all ranks (the global batch).
+    pub fn global_batch_len(&self, b: usize) -> usize {
+        ((b + 1) * self.batch_size).min(self.dataset.len()).saturating_sub(b * self.batch_size)
     }
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.dataset
@@ -65,12 +87,15 @@ impl DataLoader {
     pub fn epoch(&self, epoch: usize) -> EpochIter {
         let order = self.order(epoch);
         let (tx, rx) = sync_channel(self.prefetch.max(1));
-        let (ds, bs, n_batches) = (self.dataset.clone(), self.batch_size, self.len());
+        let (ds, bs, n_batches, shard) = (self.dataset.clone(), self.batch_size, self.len(), self.shard);
         std::thread::Builder::new()
             .name("kiln-loader".into())
             .spawn(move || {
                 for b in 0..n_batches {
-                    let idx = &order[b * bs..((b + 1) * bs).min(order.len())];
+                    let mut idx = &order[b * bs..((b + 1) * bs).min(order.len())];
+                    if let Some((r, w)) = shard {
+                        idx = &idx[r * idx.len() / w..(r + 1) * idx.len() / w];
+                    }
                     // A closed channel means the consumer stopped early: just end.
                     if tx.send(ds.get_batch(idx)).is_err() {
                         return;

@@ -214,6 +214,11 @@ impl Tensor {
         *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Replaces the accumulated gradient (data-parallel training writes the all-reduced one).
+    pub(crate) fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = g;
+    }
+
     pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
         let mut slot = self.0.grad.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(match slot.take() {

@@ -7,9 +7,10 @@ pub mod models;
 mod run;
 
 pub use logger::TrainLogger;
-pub use run::{peak_rss_bytes, run, RunConfig, Summary};
+pub use run::{peak_rss_bytes, run, run_distributed, RunConfig, Summary};
 
 use crate::data::{DataLoader, Dataset};
+use crate::dist::DataParallel;
 use crate::nn::Module;
 use crate::optim::{LrSchedule, Optimizer};
 use crate::{no_grad, DType, Error, Result, Tensor};
@@ -35,15 +36,19 @@ pub struct LoopConfig {
     pub clip_grad_norm: Option<f64>,
     /// Show an indicatif progress bar (drawn only on a terminal).
     pub progress: bool,
+    /// Stop once the global step count reaches this.
+    pub max_steps: Option<usize>,
 }
 
 /// What else an epoch does besides training: settings, a learning-rate schedule (per
-/// step), a TensorBoard logger.
+/// step), a TensorBoard logger, and for data-parallel training the rank's [`DataParallel`]
+/// (the loader must then be sharded with `with_shard(rank, world_size)`).
 #[derive(Default)]
 pub struct EpochHooks<'a> {
     pub cfg: LoopConfig,
     pub schedule: Option<&'a dyn LrSchedule>,
     pub logger: Option<&'a mut TrainLogger>,
+    pub dist: Option<&'a mut DataParallel>,
 }
 
 /// Trains one epoch; `step` is the global step count, advanced per batch.
@@ -55,7 +60,21 @@ pub fn train_epoch(
     step: &mut usize,
     hooks: EpochHooks<'_>,
 ) -> Result<EpochMetrics> {
-    let EpochHooks { cfg, schedule, mut logger } = hooks;
+    let EpochHooks { cfg, schedule, mut logger, mut dist } = hooks;
+    if let Some(dp) = dist.as_deref() {
+        if dp.world_size() > 1 && loader.shard != Some((dp.rank(), dp.world_size())) {
+            return Err(Error::invalid(
+                "train_epoch",
+                format!(
+                    "rank {} of {} needs a loader sharded with with_shard({}, {})",
+                    dp.rank(),
+                    dp.world_size(),
+                    dp.rank(),
+                    dp.world_size()
+                ),
+            ));
+        }
+    }
     model.train();
     let start = Instant::now();
     let bar = if cfg.progress { ProgressBar::new(loader.len() as u64) } else { ProgressBar::hidden() };
@@ -67,27 +86,43 @@ pub fn train_epoch(
     bar.set_prefix(epoch.to_string());
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     let mut step_start = Instant::now();
-    for batch in loader.epoch(epoch) {
+    for (b, batch) in loader.epoch(epoch).enumerate() {
+        if cfg.max_steps.is_some_and(|m| *step >= m) {
+            break;
+        }
         let batch = batch?;
         if let Some(s) = schedule {
             opt.set_lr(s.lr(*step));
         }
-        let logits = model.forward(&batch.inputs)?;
-        let loss = logits.cross_entropy(&batch.targets, cfg.label_smoothing)?;
-        let l = loss.to_scalar::<f64>()?;
-        if !l.is_finite() {
-            bar.abandon();
-            return Err(Error::NonFiniteLoss { loss: l, epoch, step: *step });
-        }
+        let n = batch.targets.elem_count();
         opt.zero_grad();
-        loss.backward()?;
+        // A rank whose share of a short last batch is empty still joins the all-reduce.
+        let (l, logits) = if n > 0 {
+            let logits = model.forward(&batch.inputs)?;
+            let loss = logits.cross_entropy(&batch.targets, cfg.label_smoothing)?;
+            let l = loss.to_scalar::<f64>()?;
+            if !l.is_finite() {
+                bar.abandon();
+                return Err(Error::NonFiniteLoss { loss: l, epoch, step: *step });
+            }
+            loss.backward()?;
+            (l, Some(logits))
+        } else {
+            (0.0, None)
+        };
+        if let Some(dp) = dist.as_deref_mut() {
+            // Each rank's loss is the mean over its share; weighting by the share makes the
+            // sum the mean over the global batch.
+            dp.all_reduce_gradients(n as f64 / loader.global_batch_len(b).max(1) as f64)?;
+        }
         if let Some(max) = cfg.clip_grad_norm {
             crate::optim::clip_grad_norm(&model.parameters(), max)?;
         }
         opt.step()?;
-        let n = batch.targets.elem_count();
         loss_sum += l * n as f64;
-        correct += count_correct(&logits.detach(), &batch.targets)?;
+        if let Some(logits) = logits {
+            correct += count_correct(&logits.detach(), &batch.targets)?;
+        }
         seen += n;
         if let Some(lg) = logger.as_deref_mut() {
             let sps = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
@@ -96,8 +131,13 @@ pub fn train_epoch(
         step_start = Instant::now();
         *step += 1;
         bar.inc(1);
-        bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
         tracing::trace!(epoch, step = *step, loss = l, lr = opt.lr(), "step");
+    }
+    if let Some(dp) = dist {
+        let mut sums = [loss_sum, correct as f64, seen as f64];
+        dp.all_reduce_f64(&mut sums)?;
+        (loss_sum, correct, seen) = (sums[0], sums[1].round() as usize, sums[2].round() as usize);
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();

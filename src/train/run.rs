@@ -4,6 +4,7 @@
 
 use super::{evaluate, models, train_epoch, EpochHooks, EpochMetrics, LoopConfig, TrainLogger};
 use crate::data::{mnist, DataLoader, Dataset};
+use crate::dist::DataParallel;
 use crate::io::checkpoint::{self, SaveRequest};
 use crate::io::tensorboard::EventWriter;
 use crate::nn::Module;
@@ -37,6 +38,52 @@ pub struct RunConfig {
     pub histogram_every: usize,
     /// Record every op's time and write `trace.json` and `profile.txt` into `out`.
     pub profile: bool,
+    /// Data-parallel worker threads in this process (1: no data parallelism). `batch_size`
+    /// stays the global batch: each worker trains on its share of every batch.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Stop after this many optimizer steps (the checkpoint and summary are still written).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Seconds a data-parallel rank waits for a peer before it fails.
+    #[serde(default = "default_timeout")]
+    pub dist_timeout_s: f64,
+    /// Gradient bucket size of data-parallel training, in MiB.
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
+    /// Ranks other than 0 also write their final model, into `out/rank-R` (to check that
+    /// replicas agree; normally only rank 0 writes).
+    #[serde(default)]
+    pub save_every_rank: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_timeout() -> f64 {
+    crate::dist::DEFAULT_TIMEOUT.as_secs_f64()
+}
+fn default_bucket_mb() -> f64 {
+    (crate::dist::DEFAULT_BUCKET_BYTES >> 20) as f64
+}
+
+impl RunConfig {
+    /// The settings every rank of a data-parallel job must share (compared at rendezvous):
+    /// all but where each one writes and whether it draws a progress bar.
+    pub fn shared_settings(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            for k in ["out", "logdir", "progress"] {
+                m.remove(k);
+            }
+        }
+        v
+    }
+
+    /// The receive timeout of data-parallel ranks.
+    pub fn dist_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.dist_timeout_s.clamp(0.01, 1e6))
+    }
 }
 
 impl Default for RunConfig {
@@ -57,6 +104,11 @@ impl Default for RunConfig {
             logdir: None,
             histogram_every: 0,
             profile: false,
+            workers: 1,
+            max_steps: None,
+            dist_timeout_s: default_timeout(),
+            bucket_mb: default_bucket_mb(),
+            save_every_rank: false,
         }
     }
 }
@@ -118,14 +170,33 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs (or resumes) training as configured, on `device`. Randomness (initialisation,
-/// dropout) comes from a generator of the run's own, seeded by `cfg.seed`: runs on other
-/// threads do not disturb it.
+/// Runs (or resumes) training as configured, on `device`; with `cfg.workers > 1`, as that
+/// many data-parallel worker threads. Randomness (initialisation, dropout) comes from a
+/// generator of the run's own, seeded by `cfg.seed`: runs on other threads do not disturb it.
 pub fn run(cfg: &RunConfig, device: Device) -> Result<Summary> {
-    crate::rng::scoped(cfg.seed, || run_seeded(cfg, device))
+    let summaries = if cfg.workers > 1 {
+        crate::dist::run_workers(cfg.workers, cfg.dist_timeout(), |_, comm| run_distributed(cfg, device, comm))?
+    } else {
+        vec![crate::rng::scoped(cfg.seed, || run_seeded(cfg, device, None))?]
+    };
+    summaries.into_iter().next().flatten().ok_or_else(|| Error::invalid("train", "rank 0 returned no summary"))
 }
 
-fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
+/// One rank of a data-parallel run: trains on its share of every batch, all-reducing
+/// gradients through `comm`. Only rank 0 evaluates, logs, checkpoints and returns a summary.
+pub fn run_distributed(
+    cfg: &RunConfig,
+    device: Device,
+    comm: Box<dyn crate::dist::Communicator>,
+) -> Result<Option<Summary>> {
+    crate::rng::scoped(cfg.seed, || run_seeded(cfg, device, Some(comm)))
+}
+
+fn run_seeded(
+    cfg: &RunConfig,
+    device: Device,
+    comm: Option<Box<dyn crate::dist::Communicator>>,
+) -> Result<Option<Summary>> {
     let start = Instant::now();
     let train = Arc::new(mnist::load(&cfg.data, mnist::Split::Train, device)?);
     let test = mnist::load(&cfg.data, mnist::Split::Test, device)?;
@@ -149,18 +220,45 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
             (model, opt, ck.meta.epoch, ck.meta.step)
         }
     };
-    let loader = DataLoader::new(train, cfg.batch_size, true).with_seed(cfg.seed);
-    let loop_cfg = LoopConfig { label_smoothing: cfg.label_smoothing, clip_grad_norm: None, progress: cfg.progress };
+    let mut dp = match comm {
+        Some(c) => {
+            let mut dp = DataParallel::new(c, model.parameters(), (cfg.bucket_mb * (1 << 20) as f64) as usize)?;
+            dp.broadcast_parameters()?;
+            tracing::info!(
+                rank = dp.rank(),
+                world = dp.world_size(),
+                buckets = dp.bucket_count(),
+                "data-parallel: parameters broadcast from rank 0"
+            );
+            Some(dp)
+        }
+        None => None,
+    };
+    let (rank, world) = dp.as_ref().map(|d| (d.rank(), d.world_size())).unwrap_or((0, 1));
+    let main = rank == 0;
+    let loader = DataLoader::new(train, cfg.batch_size, true).with_seed(cfg.seed).with_shard(rank, world);
+    let loop_cfg = LoopConfig {
+        label_smoothing: cfg.label_smoothing,
+        clip_grad_norm: None,
+        progress: cfg.progress && main,
+        max_steps: cfg.max_steps,
+    };
     let mut history: Vec<EpochMetrics> = Vec::new();
     let config_json = serde_json::to_value(cfg).map_err(|e| Error::invalid("train", e.to_string()))?;
     let logdir = cfg.logdir.clone().unwrap_or_else(|| cfg.out.clone());
-    let mut logger = TrainLogger::new(EventWriter::create(&logdir)?, cfg.histogram_every);
-    logger.describe(&config_json, model.as_ref())?;
-    tracing::info!(logdir = %logdir.display(), "TensorBoard: tensorboard --logdir {}", logdir.display());
-    if cfg.profile {
+    // Only rank 0 logs, evaluates and writes; the other ranks just train.
+    let mut logger = if main {
+        let mut logger = TrainLogger::new(EventWriter::create(&logdir)?, cfg.histogram_every);
+        logger.describe(&config_json, model.as_ref())?;
+        tracing::info!(logdir = %logdir.display(), "TensorBoard: tensorboard --logdir {}", logdir.display());
+        Some(logger)
+    } else {
+        None
+    };
+    if cfg.profile && main {
         crate::profile::start();
     }
-    while epoch < cfg.epochs {
+    while epoch < cfg.epochs && cfg.max_steps.is_none_or(|m| step < m) {
         epoch += 1;
         let mut m = train_epoch(
             model.as_ref(),
@@ -168,12 +266,17 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
             &loader,
             epoch,
             &mut step,
-            EpochHooks { cfg: loop_cfg, schedule: None, logger: Some(&mut logger) },
+            EpochHooks { cfg: loop_cfg, schedule: None, logger: logger.as_mut(), dist: dp.as_mut() },
         )?;
+        if !main {
+            continue;
+        }
         let (tl, ta) = evaluate(model.as_ref(), &test, 1000)?;
         m.test_loss = Some(tl);
         m.test_accuracy = Some(ta);
-        logger.epoch(step, &m)?;
+        if let Some(lg) = logger.as_mut() {
+            lg.epoch(step, &m)?;
+        }
         tracing::info!(
             epoch,
             train_loss = format!("{:.4}", m.train_loss),
@@ -195,6 +298,21 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
                 rng: Some(crate::rng_state()),
             },
         )?;
+    }
+    if !main {
+        if cfg.save_every_rank {
+            let dir = cfg.out.join(format!("rank-{rank}"));
+            let req = SaveRequest {
+                model: model.as_ref(),
+                optimizer_state: None,
+                step,
+                epoch,
+                config: config_json,
+                rng: None,
+            };
+            checkpoint::save(&dir, req)?;
+        }
+        return Ok(None);
     }
     let profile = if cfg.profile {
         let p = crate::profile::stop();
@@ -232,5 +350,5 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid("train", e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     crate::io::write_atomic(&cfg.out.join("summary.json"), &json)?;
-    Ok(summary)
+    Ok(Some(summary))
 }

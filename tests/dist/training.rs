@@ -1,0 +1,142 @@
+//! N data-parallel workers train to the parameters one process reaches with the combined
+//! batch; `kiln train --workers 2` matches `--workers 1`; a killed rank stops the job.
+
+use super::{random_f32, tempdir::TempDir};
+use kiln::data::{DataLoader, TensorDataset};
+use kiln::dist::{run_workers, DataParallel};
+use kiln::nn::{Linear, Module, Relu, Sequential};
+use kiln::optim::{Adam, Optimizer, Sgd, SgdConfig};
+use kiln::train::{train_epoch, EpochHooks, LoopConfig, RunConfig};
+use kiln::{Device, Tensor};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SAMPLES: usize = 203;
+const FEATURES: usize = 12;
+const CLASSES: usize = 5;
+
+fn dataset() -> Arc<TensorDataset> {
+    let x = Tensor::from_vec(random_f32(7, SAMPLES * FEATURES), [SAMPLES, FEATURES], Device::Cpu).unwrap();
+    let y: Vec<i64> = random_f32(8, SAMPLES).iter().map(|v| ((v + 1.0) * 2.5) as i64 % CLASSES as i64).collect();
+    Arc::new(TensorDataset::new(x, Tensor::from_vec(y, [SAMPLES], Device::Cpu).unwrap()).unwrap())
+}
+
+fn model() -> Sequential {
+    Sequential::new()
+        .add(Linear::new(FEATURES, 16, true, Device::Cpu).unwrap())
+        .add(Relu)
+        .add(Linear::new(16, CLASSES, true, Device::Cpu).unwrap())
+}
+
+fn optimizer(kind: &str, params: Vec<Tensor>) -> Box<dyn Optimizer> {
+    match kind {
+        "sgd" => Box::new(Sgd::simple(params, 0.1, SgdConfig { momentum: 0.9, ..Default::default() })),
+        _ => Box::new(Adam::simple(params, 1e-2)),
+    }
+}
+
+/// Trains 2 epochs with batch `batch` (the global batch) as rank `rank` of `dp`'s world, or
+/// alone without `dp`; returns the parameters. Every rank starts from a different
+/// initialisation (seed + rank), so agreeing at the end also proves the broadcast.
+fn train(kind: &str, batch: usize, rank: usize, mut dp: Option<DataParallel>, model: &Sequential) -> Vec<Vec<f32>> {
+    let mut opt = optimizer(kind, model.parameters());
+    let world = dp.as_ref().map(|d| d.world_size()).unwrap_or(1);
+    if let Some(d) = dp.as_mut() {
+        d.broadcast_parameters().unwrap();
+    }
+    let loader = DataLoader::new(dataset(), batch, true).with_seed(3).with_shard(rank, world);
+    let mut step = 0;
+    for epoch in 1..=2 {
+        let hooks = EpochHooks { cfg: LoopConfig::default(), dist: dp.as_mut(), ..Default::default() };
+        train_epoch(model, opt.as_mut(), &loader, epoch, &mut step, hooks).unwrap();
+    }
+    model.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect()
+}
+
+#[test]
+fn n_workers_train_to_the_parameters_of_one_with_the_combined_batch() {
+    for kind in ["sgd", "adam"] {
+        for n in [2, 3, 4] {
+            let per_worker = 16;
+            let one = kiln::rng::scoped(11, || train(kind, n * per_worker, 0, None, &model()));
+            // 203 samples in batches of n·16: the last batch is short and splits unevenly.
+            let results = run_workers(n, Duration::from_secs(30), |rank, comm| {
+                kiln::rng::scoped(11 + rank as u64, || {
+                    let m = model();
+                    // A bucket of 300 bytes: the gradients travel in several buckets.
+                    let dp = DataParallel::new(comm, m.parameters(), 300)?;
+                    assert!(dp.bucket_count() > 1);
+                    Ok(train(kind, n * per_worker, rank, Some(dp), &m))
+                })
+            })
+            .unwrap();
+            for (rank, params) in results.iter().enumerate() {
+                for (i, (got, want)) in params.iter().zip(&one).enumerate() {
+                    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                    assert!(diff <= 1e-5, "{kind}, {n} workers, rank {rank}, parameter {i}: max |diff| {diff}");
+                    let same = got.iter().zip(&results[0][i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{kind}, {n} workers: rank {rank} drifted from rank 0 (parameter {i})");
+                }
+            }
+            // And training did move the parameters (the comparison is not between two inits).
+            let init = kiln::rng::scoped(11, || model().parameters()[0].to_vec::<f32>().unwrap());
+            assert!(init.iter().zip(&one[0]).any(|(a, b)| (a - b).abs() > 1e-3), "{kind}: nothing trained");
+        }
+    }
+}
+
+fn run_config(out: &std::path::Path, workers: usize) -> RunConfig {
+    RunConfig { epochs: 2, out: out.to_path_buf(), progress: false, workers, ..RunConfig::default() }
+}
+
+#[test]
+fn two_worker_threads_reach_the_accuracy_of_one() {
+    let dir = TempDir::new("dist-workers");
+    let one = kiln::train::run(&run_config(&dir.0.join("w1"), 1), Device::Cpu).unwrap();
+    let two = kiln::train::run(&run_config(&dir.0.join("w2"), 2), Device::Cpu).unwrap();
+    assert!(one.test_accuracy > 0.85, "one worker: {}", one.test_accuracy);
+    assert!(
+        (one.test_accuracy - two.test_accuracy).abs() <= 0.01,
+        "1 worker {:.4} vs 2 workers {:.4}",
+        one.test_accuracy,
+        two.test_accuracy
+    );
+    // Rank 0 wrote the checkpoint and summary; the epochs saw every sample once.
+    assert!(dir.0.join("w2/summary.json").exists() && dir.0.join("w2/checkpoint.json").exists());
+    let samples = |s: &kiln::train::Summary| s.history[0].samples_per_second * s.history[0].seconds;
+    assert!((samples(&two) - samples(&one)).abs() < 1.0, "{} vs {}", samples(&two), samples(&one));
+}
+
+#[test]
+fn a_killed_rank_makes_the_other_fail_promptly() {
+    let dir = TempDir::new("dist-kill");
+    let port = super::free_port();
+    let spawn = |rank: usize| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["train", "--quiet", "--epochs", "1000", "--dist-timeout", "30", "--out"])
+            .arg(dir.0.join(format!("r{rank}")))
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let r0 = spawn(0);
+    let mut r1 = spawn(1);
+    // Wait until rank 1 is training (it logs the parameter broadcast), then kill it outright.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(r1.stderr.take().unwrap()));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("parameters broadcast"))), "rank 1 ended before training started");
+    std::thread::sleep(Duration::from_millis(500));
+    r1.kill().unwrap();
+    let killed = Instant::now();
+    let out = r0.wait_with_output().unwrap();
+    let _ = r1.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rank 0 kept going: {stderr}");
+    assert!(stderr.contains("rank 1 has left"), "{stderr}");
+    // Far inside the 30 s timeout: the closed socket is noticed at once.
+    assert!(killed.elapsed() < Duration::from_secs(10), "rank 0 took {:?}", killed.elapsed());
+}
