@@ -54,11 +54,11 @@ impl TcpLink {
 
 impl Link for TcpLink {
     fn send(&mut self, tag: u64, data: &[f32]) -> Result<()> {
-        let mut msg = Vec::with_capacity(16 + 4 * data.len());
-        msg.extend_from_slice(&tag.to_le_bytes());
-        msg.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        for x in data {
-            msg.extend_from_slice(&x.to_le_bytes());
+        let mut msg = vec![0u8; 16 + 4 * data.len()];
+        msg[..8].copy_from_slice(&tag.to_le_bytes());
+        msg[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        for (b, x) in msg[16..].chunks_exact_mut(4).zip(data) {
+            b.copy_from_slice(&x.to_le_bytes());
         }
         let next = self.next();
         let sent = self.writer.as_ref().map(|(tx, _)| tx.send(msg).is_ok()).unwrap_or(false);

@@ -257,3 +257,33 @@ fn thread_group_of_one_needs_no_peers() {
     comms[0].barrier().unwrap();
     assert_eq!(buf, vec![1.5, -2.0]);
 }
+
+/// NCCL: without a GPU (CI), a clean error and no panic; with GPUs, a real all-reduce over
+/// all of them in this process, checked against the plain sum.
+#[test]
+fn nccl_all_reduce_or_a_clean_error() {
+    let gpus = kiln::backend::cuda::device_count();
+    if gpus == 0 {
+        let err = kiln::dist::nccl::NcclComm::for_devices(&[0]).err().expect("NCCL without a GPU must be an Err");
+        assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err}");
+        return;
+    }
+    let comms = kiln::dist::nccl::NcclComm::for_devices(&(0..gpus).collect::<Vec<_>>()).unwrap();
+    let (per_rank, sum) = inputs(5, gpus, 100_003);
+    let results: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, mut comm)| {
+                let mut buf = per_rank[rank].clone();
+                s.spawn(move || {
+                    comm.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+                    comm.barrier().unwrap();
+                    buf
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    check_all_reduce(&results, &sum, 1.0, &format!("nccl, {gpus} GPU(s)"));
+}
