@@ -270,6 +270,8 @@ fn dist_check(timeout: std::time::Duration, len: usize) -> Result<()> {
         .context("no RANK/WORLD_SIZE (or Slurm) variables: run it under `kiln launch`, torchrun or srun")?;
     let (mut comm, token) = kiln::dist::tcp::connect_with_token(&env, &serde_json::json!({"check": len}), timeout)?;
     let mut buf = vec![(env.rank + 1) as f32; len];
+    // Start together, so the time is the all-reduce's and not a late peer's start-up.
+    comm.barrier()?;
     let start = std::time::Instant::now();
     comm.all_reduce(&mut buf, ReduceOp::Sum)?;
     let secs = start.elapsed().as_secs_f64();
