@@ -9,6 +9,7 @@ use kiln::{DType, Device, Layout, Shape, Tensor};
 
 mod conv;
 mod index;
+mod train;
 
 fn nvrtc_required() -> bool {
     std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
