@@ -9,6 +9,7 @@ use kiln::{DType, Device, Layout, Shape, Tensor};
 
 mod conv;
 mod index;
+mod launch_shape;
 mod train;
 
 fn nvrtc_required() -> bool {
