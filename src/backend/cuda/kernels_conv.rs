@@ -157,7 +157,6 @@ pub fn max_pool2d(
 
 /// gx [n, c, h, w] = `x_dims` (contiguous) = each output gradient of the contiguous
 /// g [n, c, oh, ow] added at its window's argmax `idx` (from [`max_pool2d`]).
-#[allow(clippy::too_many_arguments)]
 pub fn max_pool2d_backward(
     k: &dyn Launcher,
     dtype: DType,

@@ -141,7 +141,6 @@ fn check_f32(op: &'static str, dtype: DType) -> Result<()> {
 /// One SGD step in place over `n` contiguous f32 elements of p, reading g; `buf` (the
 /// momentum buffer) is used only when momentum != 0 and may be 0 otherwise. Equal bit for
 /// bit to the tensor ops of src/optim/sgd.rs on the CPU.
-#[allow(clippy::too_many_arguments)]
 pub fn sgd(k: &dyn Launcher, dtype: DType, n: usize, h: &SgdStep, p: u64, g: u64, buf: u64) -> Result<()> {
     check_f32("sgd", dtype)?;
     // Scalars reach the CPU's f32 kernels through mul_scalar (f64 -> f32) and the checks
