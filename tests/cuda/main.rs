@@ -7,6 +7,11 @@ use kiln::backend::cuda::{emu::EmuLauncher, kernels, nvrtc, probe};
 use kiln::backend::{BinaryOp, ReduceOp, UnaryOp};
 use kiln::{DType, Device, Layout, Shape, Tensor};
 
+mod conv;
+mod index;
+mod launch_shape;
+mod train;
+
 fn nvrtc_required() -> bool {
     std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
 }
@@ -63,6 +68,11 @@ fn without_a_driver_cuda_is_an_error_and_the_cpu_is_best() {
 /// Host buffers standing in for device memory: the emulator's device pointers.
 fn ptr<T>(v: &[T]) -> u64 {
     v.as_ptr() as u64
+}
+
+/// A host buffer the kernel writes.
+fn mptr<T>(v: &mut [T]) -> u64 {
+    v.as_mut_ptr() as u64
 }
 
 fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {

@@ -4,6 +4,9 @@
 
 pub mod emu;
 pub mod kernels;
+pub mod kernels_conv;
+pub mod kernels_nn;
+pub mod kernels_train;
 pub mod launch;
 pub mod nvrtc;
 pub mod probe;
