@@ -9,6 +9,9 @@ pub enum Device {
     Cpu,
     /// A CUDA GPU by ordinal.
     Cuda(usize),
+    /// The emulated CUDA device: CUDA storage, launches and kernels (their host builds) on
+    /// the CPU, for testing the CUDA backend without a GPU. Never chosen by `best()`.
+    CudaEmulated,
 }
 
 impl Device {
@@ -36,8 +39,17 @@ impl Device {
         }
     }
 
+    /// The emulated CUDA device (see [`Device::CudaEmulated`]).
+    pub fn cuda_emulated() -> Device {
+        Device::CudaEmulated
+    }
+
     pub fn is_cpu(self) -> bool {
         matches!(self, Device::Cpu)
+    }
+    /// A real or emulated CUDA device.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_) | Device::CudaEmulated)
     }
 }
 
@@ -46,6 +58,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::CudaEmulated => f.write_str("cuda-emulated"),
         }
     }
 }

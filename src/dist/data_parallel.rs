@@ -165,6 +165,11 @@ fn read_f32(t: &Tensor, out: &mut [f32], scale: f32) -> Result<()> {
                 }
             }
         },
+        Storage::Cuda(s) => {
+            for (o, x) in out.iter_mut().zip(s.to_cpu()?.to_vec::<f32>(t.layout())) {
+                *o = x * scale;
+            }
+        }
     }
     Ok(())
 }
@@ -181,5 +186,6 @@ fn write_f32(t: &Tensor, src: &[f32]) -> Result<()> {
             }
             _ => Err(Error::invalid("DataParallel", "parameters must be contiguous f32")),
         },
+        Storage::Cuda(_) => Err(Error::DeviceMismatch { op: "DataParallel", lhs: t.device(), rhs: crate::Device::Cpu }),
     }
 }

@@ -13,7 +13,7 @@ impl Tensor {
         }
         let storage = match device {
             Device::Cpu => Storage::Cpu(CpuStorage::from_vec(data)),
-            Device::Cuda(n) => return Err(crate::device::cuda_unavailable(n)),
+            d => Storage::Cuda(crate::backend::cuda::storage::from_cpu_on(d, &CpuStorage::from_vec(data))?),
         };
         Ok(Tensor::from_storage(storage, Layout::contiguous(shape)))
     }
@@ -140,9 +140,9 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
-        match device {
-            Device::Cuda(n) => Err(crate::device::cuda_unavailable(n)),
-            Device::Cpu => Err(crate::device::cuda_unavailable(0)),
-        }
+        // The whole buffer moves (views of it stay views); a differentiable copy, as in PyTorch.
+        let s = self.storage().to_device(device)?;
+        let from = self.device();
+        Ok(Tensor::from_op(s, self.layout().clone(), "to_device", &[self], move |g| Ok(vec![Some(g.to_device(from)?)])))
     }
 }

@@ -268,6 +268,7 @@ impl Tensor {
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         match &*self.storage() {
             Storage::Cpu(s) => Ok(s.to_vec(self.layout())),
+            Storage::Cuda(s) => Ok(s.to_cpu()?.to_vec(self.layout())),
         }
     }
 

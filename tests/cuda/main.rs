@@ -10,6 +10,7 @@ use kiln::{DType, Device, Layout, Shape, Tensor};
 mod conv;
 mod index;
 mod launch_shape;
+mod ops;
 mod train;
 
 fn nvrtc_required() -> bool {

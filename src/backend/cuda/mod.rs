@@ -2,6 +2,8 @@
 //! absent) and describing the GPUs; the kernels in `kernels/` and their launch path come next
 //! (see the CUDA issue's notes).
 
+pub mod alloc;
+pub mod device;
 pub mod emu;
 pub mod kernels;
 pub mod kernels_conv;
@@ -10,6 +12,7 @@ pub mod kernels_train;
 pub mod launch;
 pub mod nvrtc;
 pub mod probe;
+pub mod storage;
 
 use crate::{Device, Error, Result};
 

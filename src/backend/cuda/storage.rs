@@ -1,0 +1,326 @@
+//! Tensors on a CUDA device: one device buffer per storage, and each op family's CUDA side
+//! (the CPU side is in backend/cpu; `Storage` in backend/mod.rs dispatches between them).
+//!
+//! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
+//! copies and casts, sum/max/min reductions, softmax, fused cross-entropy, fused Adam).
+//! The others still take the host path: copy to the CPU, run the CPU reference, copy back.
+//! That is correct (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the
+//! profiler shows them as `host:<op>`. Kernels for most of them exist (kernels_nn.rs,
+//! kernels_conv.rs) and replace the host path family by family.
+
+use super::alloc::DeviceBuf;
+use super::device::CudaDev;
+use super::{kernels, kernels_nn, kernels_train};
+use crate::backend::cpu::{CpuData, CpuStorage};
+use crate::backend::{AdamStep, BinaryOp, ReduceOp, UnaryOp};
+use crate::{DType, Device, Error, Layout, Result};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// The families that still compute on the host (see the module docs).
+pub const HOST_PATH: &[&str] = &[
+    "matmul",
+    "where",
+    "argmax/argmin",
+    "index_select",
+    "index_add",
+    "gather",
+    "scatter_add",
+    "im2col",
+    "col2im",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "copy_into (strided destination)",
+    "f64/i64 arithmetic",
+];
+
+/// A buffer of `len` elements of `dtype` on a CUDA device.
+pub struct CudaStorage {
+    buf: DeviceBuf,
+    dtype: DType,
+    len: usize,
+    dev: Arc<CudaDev>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({}, {:?} x {})", self.dev.device(), self.dtype, self.len)
+    }
+}
+
+/// Whether the elementwise/reduction kernels take this dtype (they do f32, f16, bf16).
+fn has_kernels(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The bytes of a CPU buffer.
+fn cpu_bytes(s: &CpuStorage) -> &[u8] {
+    fn raw<T>(v: &[T]) -> &[u8] {
+        // SAFETY: every CPU element type (f32, f64, f16, bf16, i64) is plain old data
+        // without padding; the byte view covers exactly the slice.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    }
+    match s.data() {
+        CpuData::F32(v) => raw(v),
+        CpuData::F64(v) => raw(v),
+        CpuData::F16(v) => raw(v),
+        CpuData::BF16(v) => raw(v),
+        CpuData::I64(v) => raw(v),
+    }
+}
+
+/// A CPU buffer of `n` elements of `dtype` whose bytes `fill` writes.
+fn cpu_from_bytes(dtype: DType, n: usize, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<CpuStorage> {
+    fn raw<T>(v: &mut [T]) -> &mut [u8] {
+        // SAFETY: as in `cpu_bytes`; any bit pattern is a valid value of these types.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+    }
+    Ok(CpuStorage::new(match dtype {
+        DType::F32 => {
+            let mut v = vec![0f32; n];
+            fill(raw(&mut v))?;
+            CpuData::F32(v)
+        }
+        DType::F64 => {
+            let mut v = vec![0f64; n];
+            fill(raw(&mut v))?;
+            CpuData::F64(v)
+        }
+        DType::F16 => {
+            let mut v = vec![f16::ZERO; n];
+            fill(raw(&mut v))?;
+            CpuData::F16(v)
+        }
+        DType::BF16 => {
+            let mut v = vec![bf16::ZERO; n];
+            fill(raw(&mut v))?;
+            CpuData::BF16(v)
+        }
+        DType::I64 => {
+            let mut v = vec![0i64; n];
+            fill(raw(&mut v))?;
+            CpuData::I64(v)
+        }
+    }))
+}
+
+impl CudaStorage {
+    /// `len` elements, contents undefined.
+    pub fn uninit(dev: &Arc<CudaDev>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let buf = dev.alloc(len * dtype.size_in_bytes())?;
+        Ok(CudaStorage { buf, dtype, len, dev: dev.clone() })
+    }
+    /// A copy of a CPU buffer.
+    pub fn from_cpu(dev: &Arc<CudaDev>, s: &CpuStorage) -> Result<CudaStorage> {
+        let out = CudaStorage::uninit(dev, s.dtype(), s.len())?;
+        dev.htod(out.ptr(), cpu_bytes(s))?;
+        Ok(out)
+    }
+    /// A copy on the CPU.
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        cpu_from_bytes(self.dtype, self.len, |b| self.dev.dtoh(self.ptr(), b))
+    }
+    pub fn ptr(&self) -> u64 {
+        self.buf.ptr()
+    }
+    /// The device address of element `i`.
+    fn at(&self, i: usize) -> u64 {
+        self.ptr() + (i * self.dtype.size_in_bytes()) as u64
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn device(&self) -> Device {
+        self.dev.device()
+    }
+    pub fn dev(&self) -> &Arc<CudaDev> {
+        &self.dev
+    }
+    /// A full copy on the same device.
+    pub fn try_clone(&self) -> Result<CudaStorage> {
+        let out = CudaStorage::uninit(&self.dev, self.dtype, self.len)?;
+        self.dev.dtod(out.ptr(), self.ptr(), self.len * self.dtype.size_in_bytes())?;
+        Ok(out)
+    }
+
+    fn new_like(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
+        CudaStorage::uninit(&self.dev, dtype, len)
+    }
+
+    fn launcher(&self) -> &dyn super::launch::Launcher {
+        self.dev.launcher()
+    }
+}
+
+/// The host path: run the CPU reference on copies and bring the result back.
+pub fn host<T>(op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _p = crate::profile::scope(op);
+    f()
+}
+
+/// `s` on the CPU, for the host path.
+pub fn on_cpu(s: &CudaStorage) -> Result<CpuStorage> {
+    s.to_cpu()
+}
+
+/// A CPU result moved to `like`'s device.
+pub fn upload(like: &CudaStorage, s: CpuStorage) -> Result<CudaStorage> {
+    CudaStorage::from_cpu(&like.dev, &s)
+}
+
+/// Filled with `value`, or from values, on `device`.
+pub fn from_cpu_on(device: Device, s: &CpuStorage) -> Result<CudaStorage> {
+    CudaStorage::from_cpu(&super::device::get(device)?, s)
+}
+
+/// A contiguous copy of the view `l` (converted to `dtype`).
+pub fn to_contiguous_as(s: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStorage> {
+    let out = s.new_like(dtype, l.elem_count())?;
+    if l.elem_count() == 0 {
+        return Ok(out);
+    }
+    if has_kernels(s.dtype) && has_kernels(dtype) {
+        kernels::copy(s.launcher(), s.dtype, dtype, s.ptr(), l, out.ptr())?;
+        return Ok(out);
+    }
+    if s.dtype == dtype {
+        if let Some(r) = l.contiguous_range() {
+            s.dev.dtod(out.ptr(), s.at(r.start), r.len() * dtype.size_in_bytes())?;
+            return Ok(out);
+        }
+    }
+    host("host:copy", || upload(s, on_cpu(s)?.cast(l, dtype)))
+}
+
+/// Copies `src` (view `sl`) into the region `dl` of `dst`.
+pub fn copy_into(dst: &mut CudaStorage, dl: &Layout, src: &CudaStorage, sl: &Layout) -> Result<()> {
+    if dl.is_contiguous() && has_kernels(src.dtype) && has_kernels(dst.dtype) {
+        // The copy kernel writes a contiguous run; the destination region is one.
+        let at = dst.at(dl.offset());
+        if dl.elem_count() > 0 {
+            kernels::copy(src.launcher(), src.dtype, dst.dtype, src.ptr(), sl, at)?;
+        }
+        return Ok(());
+    }
+    host("host:copy_into", || {
+        let mut d = on_cpu(dst)?;
+        crate::backend::cpu::copy_into(&mut d, dl, &on_cpu(src)?, sl);
+        dst.dev.htod(dst.ptr(), cpu_bytes(&d))
+    })
+}
+
+pub fn unary(s: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStorage> {
+    if !has_kernels(s.dtype) {
+        return host("host:unary", || upload(s, crate::backend::cpu::unary(&on_cpu(s)?, l, op)?));
+    }
+    let out = s.new_like(s.dtype, l.elem_count())?;
+    if l.elem_count() > 0 {
+        kernels::unary(s.launcher(), s.dtype, op, s.ptr(), l, out.ptr())?;
+    }
+    Ok(out)
+}
+
+pub fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
+    if !has_kernels(a.dtype) {
+        return host("host:binary", || upload(a, crate::backend::cpu::binary(&on_cpu(a)?, la, &on_cpu(b)?, lb, op)?));
+    }
+    let out = a.new_like(a.dtype, la.elem_count())?;
+    if la.elem_count() > 0 {
+        kernels::binary(a.launcher(), a.dtype, op, a.ptr(), la, b.ptr(), lb, out.ptr())?;
+    }
+    Ok(out)
+}
+
+/// Sum / max / min over `dims`: the reduced dims are moved last by a strided copy, then one
+/// block reduces each row. Arg-reductions and the other dtypes take the host path.
+pub fn reduce(s: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<CudaStorage> {
+    let rank = l.dims().len();
+    let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
+    let inner: usize = dims.iter().map(|&d| l.dims()[d]).product();
+    let outer: usize = kept.iter().map(|&d| l.dims()[d]).product();
+    let kernel_op = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min);
+    if !has_kernels(s.dtype) || !kernel_op || inner == 0 || outer == 0 {
+        return host("host:reduce", || upload(s, crate::backend::cpu::reduce(&on_cpu(s)?, l, dims, op)?));
+    }
+    let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
+    let rows = to_contiguous_as(s, &l.permute(&perm), s.dtype)?;
+    let out = s.new_like(s.dtype, outer)?;
+    kernels::reduce_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
+    Ok(out)
+}
+
+pub fn softmax_last_dim(s: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
+    let cols = l.dims().last().copied().unwrap_or(1);
+    let rows = l.elem_count() / cols.max(1);
+    if !has_kernels(s.dtype) || rows == 0 || cols == 0 {
+        return host("host:softmax", || upload(s, crate::backend::cpu::softmax_last_dim(&on_cpu(s)?, l, log)?));
+    }
+    let x = to_contiguous_as(s, l, s.dtype)?;
+    let out = s.new_like(s.dtype, l.elem_count())?;
+    kernels::softmax_rows(s.launcher(), s.dtype, log, rows, cols, x.ptr(), out.ptr())?;
+    Ok(out)
+}
+
+/// Fused softmax cross-entropy of logits [n, c]: the mean loss (on the host: a sum of n
+/// per-row losses) and, if asked, the gradient of the mean w.r.t. the logits.
+pub fn cross_entropy(
+    s: &CudaStorage,
+    l: &Layout,
+    labels: &[i64],
+    smoothing: f64,
+    want_grad: bool,
+) -> Result<(f64, Option<CudaStorage>)> {
+    let (n, c) = (l.dims()[0], l.dims()[1]);
+    if !has_kernels(s.dtype) || n == 0 || c == 0 {
+        return host("host:cross_entropy", || {
+            let (loss, g) = crate::backend::cpu::cross_entropy(&on_cpu(s)?, l, labels, smoothing, want_grad)?;
+            Ok((loss, g.map(|g| upload(s, g)).transpose()?))
+        });
+    }
+    if let Some(&bad) = labels.iter().find(|&&y| y < 0 || y as usize >= c) {
+        return Err(Error::IndexOutOfRange { op: "cross_entropy (label)", index: bad, size: c });
+    }
+    let x = to_contiguous_as(s, l, s.dtype)?;
+    let y = from_cpu_on(s.device(), &CpuStorage::from_vec(labels.to_vec()))?;
+    let loss = s.new_like(DType::F32, n)?;
+    let grad = if want_grad { Some(s.new_like(s.dtype, n * c)?) } else { None };
+    let status = from_cpu_on(s.device(), &CpuStorage::from_vec(vec![0i64; kernels_nn::INDEX_STATUS_WORDS]))?;
+    kernels_train::cross_entropy(
+        s.launcher(),
+        s.dtype,
+        n,
+        c,
+        smoothing,
+        1.0f32 / n as f32,
+        y.ptr(),
+        x.ptr(),
+        loss.ptr(),
+        grad.as_ref().map(|g| g.ptr()).unwrap_or(0),
+        status.ptr(),
+    )?;
+    let per_row = loss.to_cpu()?.to_vec::<f32>(&Layout::contiguous(crate::Shape::new(vec![n])));
+    Ok((per_row.iter().map(|&v| v as f64).sum::<f64>() / n as f64, grad))
+}
+
+/// The fused Adam/AdamW step in place; Ok(false) where there is no kernel (non-f32).
+pub fn adam_step(
+    p: &mut CudaStorage,
+    g: &CudaStorage,
+    m: &mut CudaStorage,
+    v: &mut CudaStorage,
+    h: &AdamStep,
+) -> Result<bool> {
+    if p.dtype != DType::F32 || g.dtype != DType::F32 || m.dtype != DType::F32 || v.dtype != DType::F32 {
+        return Ok(false);
+    }
+    if p.len > 0 {
+        kernels_train::adam(p.launcher(), p.dtype, p.len, h, p.ptr(), g.ptr(), m.ptr(), v.ptr())?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,290 @@
+//! Every tensor op, forward and backward, on the emulated CUDA device (CUDA storage, the real
+//! launch code and kernels, host memory standing in for the GPU's) against the CPU
+//! reference: random inputs, broadcast and non-contiguous views, sizes that are not
+//! multiples of the block size, tolerances per dtype. The same tests run on a real GPU by
+//! switching `dev()` once Device::cuda(0) works.
+
+use kiln::{Conv2dOptions, DType, Device, Result, Tensor};
+
+fn dev() -> Device {
+    Device::CudaEmulated
+}
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2e-2,
+        DType::BF16 => 8e-2,
+        _ => 2e-5,
+    }
+}
+
+fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    let mut g = kiln::Generator::new(seed);
+    Tensor::randn_with(shape, DType::F32, Device::Cpu, &mut g).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.to_vec::<f64>().unwrap(), want.to_vec::<f64>().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a - b).abs() <= tol * (1.0 + b.abs()) || (a.is_nan() && b.is_nan());
+        assert!(ok, "{what}[{i}]: cuda {a}, cpu {b}");
+    }
+}
+
+/// Runs `f` on the CPU and on the CUDA device from the same inputs; compares the outputs
+/// and, for float outputs, the gradients of every float input under a random upstream
+/// gradient.
+fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let leaves = |device: Device| -> Vec<Tensor> {
+        inputs
+            .iter()
+            .map(|t| {
+                let t = t.to_device(device).unwrap().detach();
+                if t.dtype().is_float() {
+                    t.requires_grad_().unwrap()
+                } else {
+                    t
+                }
+            })
+            .collect()
+    };
+    let (cpu_in, cuda_in) = (leaves(Device::Cpu), leaves(dev()));
+    let cpu_out = f(&cpu_in).unwrap_or_else(|e| panic!("{name} on the CPU: {e}"));
+    let cuda_out = f(&cuda_in).unwrap_or_else(|e| panic!("{name} on {}: {e}", dev()));
+    assert_eq!(cuda_out.device(), dev(), "{name}: output device");
+    let t = tol(cpu_out.dtype());
+    close(&format!("{name} forward"), &cuda_out.to_device(Device::Cpu).unwrap(), &cpu_out, t);
+    if !cpu_out.dtype().is_float() || !cpu_out.requires_grad() {
+        return;
+    }
+    let w = randn(cpu_out.dims(), cpu_out.dtype(), 99);
+    cpu_out.backward_with(&w).unwrap();
+    cuda_out.backward_with(&w.to_device(dev()).unwrap()).unwrap_or_else(|e| panic!("{name} backward on cuda: {e}"));
+    for (i, (a, b)) in cuda_in.iter().zip(&cpu_in).enumerate() {
+        match (a.grad(), b.grad()) {
+            (Some(ga), Some(gb)) => {
+                assert_eq!(ga.device(), dev(), "{name}: grad {i} device");
+                close(&format!("{name} grad of input {i}"), &ga.to_device(Device::Cpu).unwrap(), &gb, t);
+            }
+            (None, None) => {}
+            (ga, gb) => {
+                panic!("{name}: input {i} has a gradient on one device only ({:?} / {:?})", ga.is_some(), gb.is_some())
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_unary_forward_and_backward() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let x = randn(&[37, 19], dtype, 1);
+        type F = fn(&Tensor) -> Result<Tensor>;
+        let ops: [(&str, F); 14] = [
+            ("neg", |x| x.neg()),
+            ("exp", |x| x.exp()),
+            ("log", |x| x.abs()?.affine(1.0, 0.5)?.log()),
+            ("sqrt", |x| x.abs()?.affine(1.0, 0.1)?.sqrt()),
+            ("abs", |x| x.abs()),
+            ("tanh", |x| x.tanh()),
+            ("sigmoid", |x| x.sigmoid()),
+            ("relu", |x| x.relu()),
+            ("gelu", |x| x.gelu()),
+            ("silu", |x| x.silu()),
+            ("recip", |x| x.abs()?.affine(1.0, 0.5)?.recip()),
+            ("sqr", |x| x.sqr()),
+            ("affine", |x| x.affine(-1.5, 0.25)),
+            ("powf", |x| x.abs()?.affine(1.0, 0.1)?.powf(1.7)),
+        ];
+        for (name, op) in ops {
+            check(&format!("{name} {dtype:?}"), std::slice::from_ref(&x), |v| op(&v[0]));
+            // A transposed (non-contiguous) view of the input (f32 only: the strided read
+            // is the same code for every dtype, and the emulator is slow).
+            if dtype == DType::F32 {
+                check(&format!("{name} {dtype:?} transposed"), std::slice::from_ref(&x), |v| op(&v[0].t()?));
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_binary_with_broadcast_and_views() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let a = randn(&[5, 1, 33], dtype, 2);
+        let b = randn(&[7, 33], dtype, 3);
+        type F = fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let ops: [(&str, F); 7] = [
+            ("add", |a, b| a.add(b)),
+            ("sub", |a, b| a.sub(b)),
+            ("mul", |a, b| a.mul(b)),
+            ("div", |a, b| a.div(&b.abs()?.affine(1.0, 0.5)?)),
+            ("pow", |a, b| a.abs()?.affine(1.0, 0.5)?.pow(b)),
+            ("maximum", |a, b| a.maximum(b)),
+            ("minimum", |a, b| a.minimum(b)),
+        ];
+        for (name, op) in ops {
+            check(&format!("{name} {dtype:?} broadcast"), &[a.clone(), b.clone()], |v| op(&v[0], &v[1]));
+        }
+        // Comparisons (no gradient) and a sliced, transposed right operand.
+        check(&format!("lt {dtype:?}"), &[a.clone(), b.clone()], |v| v[0].lt(&v[1]));
+        check(&format!("eq {dtype:?}"), &[a.clone(), a.clone()], |v| v[0].eq(&v[1]));
+        let c = randn(&[40, 9], dtype, 4);
+        check(&format!("add {dtype:?} sliced+transposed"), &[c.clone(), b.clone()], |v| {
+            v[0].narrow(0, 3, 33)?.t()?.add(&v[1].narrow(0, 0, 1)?)
+        });
+    }
+}
+
+#[test]
+fn where_and_masked_fill() {
+    let (a, b) = (randn(&[9, 31], DType::F32, 5), randn(&[9, 31], DType::F32, 6));
+    check("where", &[a.clone(), b.clone()], |v| Tensor::where_cond(&v[0].gt(&v[1])?, &v[0], &v[1]));
+    check("masked_fill", &[a.clone(), b.clone()], |v| v[0].masked_fill(&v[1].gt(&v[0])?, -3.0));
+}
+
+#[test]
+fn reductions_over_any_dims() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let x = randn(&[6, 35, 9], dtype, 7);
+        let all: Vec<Vec<usize>> = vec![vec![0], vec![1], vec![2], vec![0, 2], vec![0, 1, 2]];
+        // Half types share the f32 code paths: one leading and one trailing reduction.
+        let dim_sets = if dtype == DType::F32 { all } else { vec![vec![0], vec![2]] };
+        for dims in dim_sets {
+            for keep in [false, true] {
+                let d: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+                let tag = format!("{dtype:?} dims {dims:?} keep {keep}");
+                check(&format!("sum {tag}"), std::slice::from_ref(&x), |v| v[0].sum(&d, keep));
+                check(&format!("mean {tag}"), std::slice::from_ref(&x), |v| v[0].mean(&d, keep));
+                check(&format!("max {tag}"), std::slice::from_ref(&x), |v| v[0].max(&d, keep));
+                if dtype == DType::F32 {
+                    check(&format!("var {tag}"), std::slice::from_ref(&x), |v| v[0].var(&d, true, keep));
+                }
+            }
+        }
+        check(&format!("argmax {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmax(1, false));
+        check(&format!("sum of a permuted view {dtype:?}"), std::slice::from_ref(&x), |v| {
+            v[0].permute(&[2, 0, 1])?.sum(&[2], false)
+        });
+    }
+}
+
+#[test]
+fn matmul_shapes() {
+    let cases: [(&[usize], &[usize]); 4] =
+        [(&[33, 17], &[17, 9]), (&[4, 7, 5], &[4, 5, 3]), (&[2, 3, 6, 5], &[5, 7]), (&[1, 8], &[8, 1])];
+    for (sa, sb) in cases {
+        let (a, b) = (randn(sa, DType::F32, 8), randn(sb, DType::F32, 9));
+        check(&format!("matmul {sa:?} @ {sb:?}"), &[a, b], |v| v[0].matmul(&v[1]));
+    }
+    let (a, b) = (randn(&[17, 33], DType::F32, 10), randn(&[9, 17], DType::F32, 11));
+    check("matmul of transposed views", &[a, b], |v| v[0].t()?.matmul(&v[1].t()?));
+}
+
+#[test]
+fn softmax_and_losses() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let x = randn(&[13, 300], dtype, 12);
+        check(&format!("softmax {dtype:?}"), std::slice::from_ref(&x), |v| v[0].softmax(-1));
+        check(&format!("log_softmax {dtype:?}"), std::slice::from_ref(&x), |v| v[0].log_softmax(-1));
+        check(&format!("softmax over dim 0 {dtype:?}"), std::slice::from_ref(&x), |v| v[0].softmax(0));
+    }
+    let logits = randn(&[29, 10], DType::F32, 13);
+    let labels = Tensor::from_vec((0..29).map(|i| (i * 7 % 10) as i64).collect::<Vec<_>>(), [29], Device::Cpu).unwrap();
+    for smoothing in [0.0, 0.1] {
+        check(&format!("cross_entropy smoothing {smoothing}"), &[logits.clone(), labels.clone()], |v| {
+            v[0].cross_entropy(&v[1], smoothing)
+        });
+    }
+    check("nll_loss", &[logits.clone(), labels.clone()], |v| v[0].log_softmax(-1)?.nll_loss(&v[1]));
+    let target = randn(&[29, 10], DType::F32, 14);
+    check("mse_loss", &[logits.clone(), target], |v| v[0].mse_loss(&v[1]));
+    // A bad label is the same typed error on both devices.
+    let bad = Tensor::from_vec(vec![3i64, 10], [2], dev()).unwrap();
+    let err = randn(&[2, 10], DType::F32, 1).to_device(dev()).unwrap().cross_entropy(&bad, 0.0).unwrap_err();
+    assert!(matches!(err, kiln::Error::IndexOutOfRange { index: 10, .. }), "{err}");
+}
+
+#[test]
+fn conv_and_pooling() {
+    let x = randn(&[2, 4, 11, 9], DType::F32, 15);
+    let w = randn(&[6, 2, 3, 3], DType::F32, 16);
+    let b = randn(&[6], DType::F32, 17);
+    let opt = Conv2dOptions { stride: (2, 1), padding: (1, 1), dilation: (1, 2), groups: 2 };
+    check("conv2d", &[x.clone(), w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    check("max_pool2d", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 2), (2, 2), (1, 0)));
+    check("avg_pool2d", std::slice::from_ref(&x), |v| v[0].avg_pool2d((2, 3), (1, 2), (0, 1)));
+}
+
+#[test]
+fn indexing_ops() {
+    let x = randn(&[12, 7], DType::F32, 18);
+    let idx = Tensor::from_vec(vec![3i64, 0, 11, 3, 5], [5], Device::Cpu).unwrap();
+    check("index_select", &[x.clone(), idx.clone()], |v| v[0].index_select(0, &v[1]));
+    check("embedding", &[x.clone(), idx.clone()], |v| v[0].embedding(&v[1]));
+    let src = randn(&[5, 7], DType::F32, 19);
+    check("index_add", &[x.clone(), idx.clone(), src], |v| v[0].index_add(0, &v[1], &v[2]));
+    let gi = Tensor::from_vec((0..24).map(|i| (i * 5 % 7) as i64).collect::<Vec<_>>(), [12, 2], Device::Cpu).unwrap();
+    check("gather", &[x.clone(), gi.clone()], |v| v[0].gather(1, &v[1]));
+    let s = randn(&[12, 2], DType::F32, 20);
+    check("scatter_add", &[x.clone(), gi, s], |v| v[0].scatter_add(1, &v[1], &v[2]));
+}
+
+#[test]
+fn views_copies_and_dtypes() {
+    let x = randn(&[6, 5, 4], DType::F32, 21);
+    check("contiguous of a permuted view", std::slice::from_ref(&x), |v| v[0].permute(&[2, 0, 1])?.contiguous());
+    check("reshape", std::slice::from_ref(&x), |v| v[0].reshape([30, 4]));
+    check("cat", &[x.clone(), x.clone()], |v| Tensor::cat(&[v[0].clone(), v[1].narrow(1, 1, 3)?], 1));
+    check("stack", &[x.clone(), x.clone()], |v| Tensor::stack(&[v[0].clone(), v[1].clone()], 0));
+    check("broadcast_to", &[randn(&[5, 1], DType::F32, 22)], |v| v[0].broadcast_to([3, 5, 4]));
+    for to in [DType::F16, DType::BF16, DType::F64] {
+        check(&format!("to_dtype {to:?}"), std::slice::from_ref(&x), |v| v[0].transpose(0, 2)?.to_dtype(to));
+    }
+    // In-place assignment into a slice of a tensor on the device.
+    let base = randn(&[8, 6], DType::F32, 23);
+    let (cpu, cuda) = (base.copy().unwrap(), base.to_device(dev()).unwrap());
+    let src = randn(&[3, 6], DType::F32, 24);
+    cpu.narrow(0, 2, 3).unwrap().assign(&src).unwrap();
+    cuda.narrow(0, 2, 3).unwrap().assign(&src.to_device(dev()).unwrap()).unwrap();
+    close("assign into a slice", &cuda.to_device(Device::Cpu).unwrap(), &cpu, 0.0);
+}
+
+#[test]
+fn mismatched_devices_are_an_error() {
+    let a = randn(&[3], DType::F32, 1);
+    let b = a.to_device(dev()).unwrap();
+    let err = a.add(&b).unwrap_err();
+    assert!(matches!(err, kiln::Error::DeviceMismatch { .. }), "{err}");
+}
+
+/// A few steps of real training (MLP, Adam with its fused kernel) on the device end where
+/// the CPU does.
+#[test]
+fn training_steps_match_the_cpu() {
+    use kiln::nn::{Linear, Module, Relu, Sequential};
+    use kiln::optim::{Adam, Optimizer};
+    let run = |device: Device| -> Vec<Vec<f32>> {
+        kiln::rng::scoped(3, || {
+            let m = Sequential::new()
+                .add(Linear::new(20, 33, true, device).unwrap())
+                .add(Relu)
+                .add(Linear::new(33, 10, true, device).unwrap());
+            let mut opt = Adam::simple(m.parameters(), 1e-2);
+            for step in 0..4 {
+                let x = randn(&[16, 20], DType::F32, 100 + step).to_device(device).unwrap();
+                let y = Tensor::from_vec((0..16).map(|i| ((i + step) % 10) as i64).collect::<Vec<_>>(), [16], device)
+                    .unwrap();
+                opt.zero_grad();
+                m.forward(&x).unwrap().cross_entropy(&y, 0.0).unwrap().backward().unwrap();
+                opt.step().unwrap();
+            }
+            m.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect()
+        })
+    };
+    let (cpu, cuda) = (run(Device::Cpu), run(dev()));
+    for (i, (a, b)) in cuda.iter().zip(&cpu).enumerate() {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "parameter {i}: max |cuda - cpu| = {diff}");
+    }
+}
