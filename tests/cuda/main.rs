@@ -7,9 +7,11 @@ use kiln::backend::cuda::{emu::EmuLauncher, kernels, nvrtc, probe};
 use kiln::backend::{BinaryOp, ReduceOp, UnaryOp};
 use kiln::{DType, Device, Layout, Shape, Tensor};
 
+mod alloc;
 mod conv;
 mod index;
 mod launch_shape;
+mod ptx_cache;
 mod train;
 
 fn nvrtc_required() -> bool {

@@ -2,12 +2,15 @@
 //! absent) and describing the GPUs; the kernels in `kernels/` and their launch path come next
 //! (see the CUDA issue's notes).
 
+pub mod alloc;
 pub mod emu;
+pub mod gpu;
 pub mod kernels;
 pub mod kernels_conv;
 pub mod kernels_nn;
 pub mod kernels_train;
 pub mod launch;
+pub mod memory;
 pub mod nvrtc;
 pub mod probe;
 
