@@ -316,3 +316,13 @@ fn a_kernel_reading_past_its_buffer_faults_on_the_emulated_device() {
     let bad = run("129");
     assert_eq!(bad.status.signal(), Some(libc::SIGSEGV), "one element past the end: {:?}", bad.status);
 }
+
+#[test]
+fn allocator_buffers_memories_and_launcher_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<CachingAllocator>();
+    check::<DeviceBuf>();
+    check::<HostMemory>();
+    check::<kiln::backend::cuda::alloc::GpuMemory>();
+    check::<kiln::backend::cuda::gpu::GpuLauncher>();
+}
