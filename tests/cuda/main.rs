@@ -7,10 +7,12 @@ use kiln::backend::cuda::{emu::EmuLauncher, kernels, nvrtc, probe};
 use kiln::backend::{BinaryOp, ReduceOp, UnaryOp};
 use kiln::{DType, Device, Layout, Shape, Tensor};
 
+mod alloc;
 mod conv;
 mod index;
 mod launch_shape;
 mod ops;
+mod ptx_cache;
 mod train;
 
 fn nvrtc_required() -> bool {

@@ -36,7 +36,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
     let dev = match device {
         Device::CudaEmulated => Arc::new(CudaDev {
             device,
-            alloc: CachingAllocator::new(Box::new(HostMemory)),
+            alloc: CachingAllocator::new(Box::new(HostMemory::new())),
             launcher: Box::new(EmuLauncher),
         }),
         Device::Cuda(n) => return Err(crate::device::cuda_unavailable(n)),

@@ -5,11 +5,13 @@
 pub mod alloc;
 pub mod device;
 pub mod emu;
+pub mod gpu;
 pub mod kernels;
 pub mod kernels_conv;
 pub mod kernels_nn;
 pub mod kernels_train;
 pub mod launch;
+pub mod memory;
 pub mod nvrtc;
 pub mod probe;
 pub mod storage;
