@@ -17,15 +17,14 @@ pub enum Device {
 impl Device {
     /// The n-th CUDA device. Errors (never panics) when CUDA cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        // Probe first: without a driver this is an error, never a panic.
+        // Probe first: without a driver this is an error, never a panic. Then the device
+        // is set up once (allocator, kernels) and passes a self-test before it is used.
         let gpu = crate::backend::cuda::gpu_info(ordinal)?;
-        Err(Error::DeviceUnavailable {
+        crate::backend::cuda::device::get(Device::Cuda(ordinal)).map_err(|e| Error::DeviceUnavailable {
             device: Device::Cuda(ordinal),
-            msg: format!(
-                "{} (sm_{}{}) is present, but Kiln's CUDA tensor backend is not built yet",
-                gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
-            ),
-        })
+            msg: format!("{} (sm_{}{}): {e}", gpu.name, gpu.compute_capability.0, gpu.compute_capability.1),
+        })?;
+        Ok(Device::Cuda(ordinal))
     }
 
     /// The best device present: a working GPU, else the CPU (and it logs why).
@@ -61,9 +60,4 @@ impl std::fmt::Display for Device {
             Device::CudaEmulated => f.write_str("cuda-emulated"),
         }
     }
-}
-
-/// The error for any use of a CUDA device while Kiln has no CUDA backend.
-pub(crate) fn cuda_unavailable(ordinal: usize) -> Error {
-    Error::DeviceUnavailable { device: Device::Cuda(ordinal), msg: "this build of Kiln has no CUDA backend yet".into() }
 }

@@ -189,6 +189,8 @@ fn parse_device(s: &str) -> Result<Device> {
     Ok(match s {
         "auto" => Device::best(),
         "cpu" => Device::Cpu,
+        // The emulated CUDA device: CUDA code paths on the CPU, for debugging (slow).
+        "cuda-emulated" => Device::CudaEmulated,
         _ => {
             let n =
                 s.strip_prefix("cuda:").or(s.strip_prefix("cuda")).context("--device must be auto, cpu or cuda:N")?;

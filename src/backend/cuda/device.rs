@@ -6,10 +6,12 @@
 //! in for device memory and the host builds of the kernels (kernels/emu) for the GPU: every
 //! op's real launch code runs in CI. It is a test device; `Device::best()` never picks it.
 
-use super::alloc::{CachingAllocator, DeviceBuf, HostMemory};
+use super::alloc::{CachingAllocator, DeviceBuf, GpuMemory, HostMemory};
 use super::emu::EmuLauncher;
+use super::gpu::GpuLauncher;
 use super::launch::Launcher;
 use crate::{Device, Error, Result};
+use cudarc::driver::CudaContext;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,6 +20,8 @@ pub struct CudaDev {
     device: Device,
     alloc: Arc<CachingAllocator>,
     launcher: Box<dyn Launcher + Send + Sync>,
+    /// The GPU's context (None on the emulated device), made current before each copy.
+    ctx: Option<Arc<CudaContext>>,
 }
 
 impl std::fmt::Debug for CudaDev {
@@ -38,12 +42,48 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
             device,
             alloc: CachingAllocator::new(Box::new(HostMemory::new())),
             launcher: Box::new(EmuLauncher),
+            ctx: None,
         }),
-        Device::Cuda(n) => return Err(crate::device::cuda_unavailable(n)),
+        Device::Cuda(n) => {
+            // Everything runs on the legacy default stream for now: launches and the
+            // synchronous copies are then ordered without events.
+            let launcher = GpuLauncher::new(n)?;
+            let ctx = launcher.context().clone();
+            let dev = Arc::new(CudaDev {
+                device,
+                alloc: CachingAllocator::new(Box::new(GpuMemory::new(n)?)),
+                launcher: Box::new(launcher),
+                ctx: Some(ctx),
+            });
+            self_test(&dev)?;
+            dev
+        }
         Device::Cpu => return Err(Error::invalid("cuda", "the CPU is not a CUDA device")),
     };
     map.insert(device, dev.clone());
     Ok(dev)
+}
+
+/// Before a GPU is used for anything: copy a few numbers there, negate them with a kernel
+/// and copy them back. A GPU that fails this (a driver/toolkit mismatch, a kernel that does
+/// not load) is reported as unavailable, so `Device::best()` falls back to the CPU.
+fn self_test(dev: &Arc<CudaDev>) -> Result<()> {
+    let x = [1.5f32, -2.0, 3.25];
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (a, b) = (dev.alloc(12)?, dev.alloc(12)?);
+    dev.htod(a.ptr(), &bytes)?;
+    let l = crate::Layout::contiguous(crate::Shape::new(vec![3]));
+    super::kernels::unary(dev.launcher(), crate::DType::F32, crate::backend::UnaryOp::Neg, a.ptr(), &l, b.ptr())?;
+    let mut back = vec![0u8; 12];
+    dev.dtoh(b.ptr(), &mut back)?;
+    let got: Vec<f32> = back.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if got != [-1.5, 2.0, -3.25] {
+        return Err(Error::DeviceUnavailable {
+            device: dev.device,
+            msg: format!("self-test failed: negating [1.5, -2, 3.25] on the GPU gave {got:?}"),
+        });
+    }
+    Ok(())
 }
 
 impl CudaDev {
@@ -58,6 +98,18 @@ impl CudaDev {
     }
     fn emulated(&self) -> bool {
         self.device == Device::CudaEmulated
+    }
+
+    fn gpu_err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::DeviceUnavailable { device: self.device, msg: format!("{what}: {e}") }
+    }
+
+    /// The GPU's context, made current on this thread.
+    fn bind(&self) -> Result<()> {
+        match &self.ctx {
+            Some(ctx) => ctx.bind_to_thread().map_err(|e| self.gpu_err("binding the context", e)),
+            None => Err(self.gpu_err("copy", "no GPU context")),
+        }
     }
 
     /// Device memory for `bytes` bytes (contents undefined: blocks are reused).
@@ -76,7 +128,10 @@ impl CudaDev {
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
             return Ok(());
         }
-        Err(crate::device::cuda_unavailable(0))
+        self.bind()?;
+        // SAFETY: `dst` is a device allocation of this context of at least src.len() bytes;
+        // the copy is synchronous, so `src` outlives it.
+        unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }.map_err(|e| self.gpu_err("cuMemcpyHtoD", e))
     }
 
     /// Device → host.
@@ -89,7 +144,10 @@ impl CudaDev {
             unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
             return Ok(());
         }
-        Err(crate::device::cuda_unavailable(0))
+        self.bind()?;
+        // SAFETY: `src` is a device allocation of at least dst.len() bytes; synchronous copy
+        // (it also waits for the kernels queued before it on the legacy default stream).
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(dst, src) }.map_err(|e| self.gpu_err("cuMemcpyDtoH", e))
     }
 
     /// Device → device (`bytes` bytes; the regions may not overlap).
@@ -102,6 +160,9 @@ impl CudaDev {
             unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
             return Ok(());
         }
-        Err(crate::device::cuda_unavailable(0))
+        self.bind()?;
+        // SAFETY: both are device allocations of this context of at least `bytes` bytes.
+        unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, src, bytes) }
+            .map_err(|e| self.gpu_err("cuMemcpyDtoD", e))
     }
 }
