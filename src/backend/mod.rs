@@ -6,10 +6,17 @@ pub mod cpu;
 pub mod cuda;
 mod ops;
 
-pub use cpu::CpuStorage;
+pub use cpu::{ConvGeom, CpuStorage};
 pub use ops::{AdamStep, BinaryOp, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Layout, Result};
+
+/// A CPU operand of a multi-input op.
+fn cpu_operand<'a>((s, l): (&'a Storage, &'a Layout)) -> (&'a CpuStorage, &'a Layout) {
+    match s {
+        Storage::Cpu(s) => (s, l),
+    }
+}
 
 /// A buffer on some device.
 #[derive(Debug, Clone)]
@@ -152,6 +159,42 @@ impl Storage {
             Storage::Cpu(s) => cpu::col2im(s, l, x_dims, w).map(Storage::Cpu),
         }
     }
+    /// 2-D convolution: `self` is x [n, c, h, w], `w` the weight [o, c/groups, kh, kw],
+    /// `b` the optional bias [o]; the result is contiguous [n, o, oh, ow], passed through a
+    /// ReLU when `relu`.
+    pub fn conv2d(
+        &self,
+        l: &Layout,
+        w: (&Storage, &Layout),
+        b: Option<(&Storage, &Layout)>,
+        geom: &ConvGeom,
+        relu: bool,
+    ) -> Result<Storage> {
+        let _p = crate::profile::scope(if relu { "conv2d_relu" } else { "conv2d" });
+        match self {
+            Storage::Cpu(x) => cpu::conv2d((x, l), cpu_operand(w), b.map(cpu_operand), geom, relu).map(Storage::Cpu),
+        }
+    }
+    /// conv2d's gradients w.r.t. (x, weight, bias), each computed only where `need` says,
+    /// from the output gradient `self` [n, o, oh, ow]. `relu_out`: the op had a fused ReLU
+    /// with this output, so the gradient only flows where it is positive.
+    pub fn conv2d_backward(
+        &self,
+        l: &Layout,
+        x: (&Storage, &Layout),
+        w: (&Storage, &Layout),
+        relu_out: Option<(&Storage, &Layout)>,
+        geom: &ConvGeom,
+        need: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        let _p = crate::profile::scope("conv2d_backward");
+        match self {
+            Storage::Cpu(g) => {
+                let (x, w, out) = (cpu_operand(x), cpu_operand(w), relu_out.map(cpu_operand));
+                Ok(cpu::conv2d_backward((g, l), x, w, out, geom, need)?.map(|s| s.map(Storage::Cpu)))
+            }
+        }
+    }
     pub fn max_pool2d(&self, l: &Layout, w: &Window2d) -> Result<(Storage, Storage)> {
         let _p = crate::profile::scope("max_pool2d");
         match self {
@@ -159,10 +202,13 @@ impl Storage {
         }
     }
     /// Gradient of max_pool2d: `g` [planes, out] added at `idx` into zeros [planes, plane_len].
-    pub fn max_pool2d_backward(&self, l: &Layout, idx: &[i64], planes: usize, plane_len: usize) -> Result<Storage> {
+    /// `idx` is max_pool2d's index storage (I64, contiguous).
+    pub fn max_pool2d_backward(&self, l: &Layout, idx: &Storage, planes: usize, plane_len: usize) -> Result<Storage> {
         let _p = crate::profile::scope("max_pool2d_backward");
-        match self {
-            Storage::Cpu(s) => cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu),
+        match (self, idx) {
+            (Storage::Cpu(s), Storage::Cpu(idx)) => {
+                cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu)
+            }
         }
     }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {

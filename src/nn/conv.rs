@@ -37,6 +37,9 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.bias.as_ref(), self.options)
     }
+    fn forward_relu(&self, x: &Tensor) -> Option<Result<Tensor>> {
+        Some(x.conv2d_relu(&self.weight, self.bias.as_ref(), self.options))
+    }
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorKind)) {
         f(join(prefix, "weight"), &self.weight, TensorKind::Parameter);
         if let Some(b) = &self.bias {

@@ -44,6 +44,13 @@ pub trait Module: Send + Sync {
     /// Switches training behaviour (dropout, batch statistics) on or off.
     fn set_training(&self, _on: bool) {}
 
+    /// This layer followed by a ReLU, as one fused op, for layers that have one (Conv2d);
+    /// None: no fused form, the caller applies the ReLU itself. `Sequential` asks when a
+    /// `Relu` comes next.
+    fn forward_relu(&self, _x: &Tensor) -> Option<Result<Tensor>> {
+        None
+    }
+
     /// The layer's description, enough to rebuild it (None for custom modules).
     fn spec(&self) -> Option<LayerSpec> {
         None

@@ -34,8 +34,19 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward(&h)?;
+        let mut i = 0;
+        while i < self.layers.len() {
+            // A layer with a fused ReLU form (Conv2d) takes the next layer's ReLU with it.
+            let relu_next = self.layers.get(i + 1).is_some_and(|n| matches!(n.spec(), Some(LayerSpec::Relu)));
+            if relu_next {
+                if let Some(out) = self.layers[i].forward_relu(&h) {
+                    h = out?;
+                    i += 2;
+                    continue;
+                }
+            }
+            h = self.layers[i].forward(&h)?;
+            i += 1;
         }
         Ok(h)
     }

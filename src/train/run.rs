@@ -170,7 +170,7 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
             &mut step,
             EpochHooks { cfg: loop_cfg, schedule: None, logger: Some(&mut logger) },
         )?;
-        let (tl, ta) = evaluate(model.as_ref(), &test, 1000)?;
+        let (tl, ta) = evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE)?;
         m.test_loss = Some(tl);
         m.test_accuracy = Some(ta);
         logger.epoch(step, &m)?;
@@ -210,7 +210,7 @@ fn run_seeded(cfg: &RunConfig, device: Device) -> Result<Summary> {
     let last = history.last();
     let (test_loss, test_accuracy) = match last {
         Some(m) => (m.test_loss.unwrap_or(f64::NAN), m.test_accuracy.unwrap_or(f64::NAN)),
-        None => evaluate(model.as_ref(), &test, 1000)?,
+        None => evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE)?,
     };
     let train_seconds: f64 = history.iter().map(|m| m.seconds).sum();
     let samples: f64 = history.iter().map(|m| m.samples_per_second * m.seconds).sum();
