@@ -6,7 +6,7 @@ pub mod cpu;
 pub mod cuda;
 mod ops;
 
-pub use cpu::{ConvGeom, CpuStorage};
+pub use cpu::{ConvGeom, CpuStorage, Epilogue};
 pub use ops::{AdamStep, BinaryOp, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Layout, Result};
@@ -160,38 +160,56 @@ impl Storage {
         }
     }
     /// 2-D convolution: `self` is x [n, c, h, w], `w` the weight [o, c/groups, kh, kw],
-    /// `b` the optional bias [o]; the result is contiguous [n, o, oh, ow], passed through a
-    /// ReLU when `relu`.
+    /// `b` the optional bias [o]; the result is contiguous [n, o, oh, ow], then passed
+    /// through what `epi` asks for (with a fused 2x2 max pool: the pooled result and the
+    /// argmax indices, as `max_pool2d` gives them).
     pub fn conv2d(
         &self,
         l: &Layout,
         w: (&Storage, &Layout),
         b: Option<(&Storage, &Layout)>,
         geom: &ConvGeom,
-        relu: bool,
-    ) -> Result<Storage> {
-        let _p = crate::profile::scope(if relu { "conv2d_relu" } else { "conv2d" });
+        epi: Epilogue,
+    ) -> Result<(Storage, Option<Storage>)> {
+        let _p = crate::profile::scope(match epi {
+            Epilogue::None => "conv2d",
+            Epilogue::Relu => "conv2d_relu",
+            Epilogue::ReluMaxPool2 => "conv2d_relu_maxpool2",
+        });
         match self {
-            Storage::Cpu(x) => cpu::conv2d((x, l), cpu_operand(w), b.map(cpu_operand), geom, relu).map(Storage::Cpu),
+            Storage::Cpu(x) => cpu::conv2d((x, l), cpu_operand(w), b.map(cpu_operand), geom, epi)
+                .map(|(v, i)| (Storage::Cpu(v), i.map(Storage::Cpu))),
         }
     }
     /// conv2d's gradients w.r.t. (x, weight, bias), each computed only where `need` says,
-    /// from the output gradient `self` [n, o, oh, ow]. `relu_out`: the op had a fused ReLU
-    /// with this output, so the gradient only flows where it is positive.
+    /// from the gradient `self` of the op's output. `fused`: the op's fused-epilogue outputs
+    /// (ReLU output; pooled output and indices), whose backward is applied first.
     pub fn conv2d_backward(
         &self,
         l: &Layout,
         x: (&Storage, &Layout),
         w: (&Storage, &Layout),
-        relu_out: Option<(&Storage, &Layout)>,
+        fused: &[&Storage],
         geom: &ConvGeom,
         need: [bool; 3],
     ) -> Result<[Option<Storage>; 3]> {
         let _p = crate::profile::scope("conv2d_backward");
+        let fused_cpu: Vec<&CpuStorage> = fused
+            .iter()
+            .map(|s| match s {
+                Storage::Cpu(s) => s,
+            })
+            .collect();
+        let f = match fused_cpu[..] {
+            [] => cpu::Fused::None,
+            [o] => cpu::Fused::Relu(o),
+            [o, i] => cpu::Fused::ReluMaxPool2(o, i),
+            _ => return Err(crate::Error::invalid("conv2d", "at most two fused outputs")),
+        };
         match self {
             Storage::Cpu(g) => {
-                let (x, w, out) = (cpu_operand(x), cpu_operand(w), relu_out.map(cpu_operand));
-                Ok(cpu::conv2d_backward((g, l), x, w, out, geom, need)?.map(|s| s.map(Storage::Cpu)))
+                let (x, w) = (cpu_operand(x), cpu_operand(w));
+                Ok(cpu::conv2d_backward((g, l), x, w, f, geom, need)?.map(|s| s.map(Storage::Cpu)))
             }
         }
     }

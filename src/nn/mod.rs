@@ -44,10 +44,10 @@ pub trait Module: Send + Sync {
     /// Switches training behaviour (dropout, batch statistics) on or off.
     fn set_training(&self, _on: bool) {}
 
-    /// This layer followed by a ReLU, as one fused op, for layers that have one (Conv2d);
-    /// None: no fused form, the caller applies the ReLU itself. `Sequential` asks when a
-    /// `Relu` comes next.
-    fn forward_relu(&self, _x: &Tensor) -> Option<Result<Tensor>> {
+    /// This layer followed by the layers described by `next`, as one fused op, for layers
+    /// that have one (Conv2d: + ReLU, + ReLU + 2x2 max pool); None when there is no fused
+    /// form. On success also says how many of `next` it covered. `Sequential` asks.
+    fn forward_fused(&self, _x: &Tensor, _next: &[Option<LayerSpec>]) -> Option<(Result<Tensor>, usize)> {
         None
     }
 

@@ -36,14 +36,13 @@ impl Module for Sequential {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
-            // A layer with a fused ReLU form (Conv2d) takes the next layer's ReLU with it.
-            let relu_next = self.layers.get(i + 1).is_some_and(|n| matches!(n.spec(), Some(LayerSpec::Relu)));
-            if relu_next {
-                if let Some(out) = self.layers[i].forward_relu(&h) {
-                    h = out?;
-                    i += 2;
-                    continue;
-                }
+            // A layer with fused forms (Conv2d) may take the next layers (ReLU, pooling) with
+            // it. Only the two layers after it can take part.
+            let next: Vec<Option<LayerSpec>> = self.layers[i + 1..].iter().take(2).map(|l| l.spec()).collect();
+            if let Some((out, covered)) = self.layers[i].forward_fused(&h, &next) {
+                h = out?;
+                i += 1 + covered;
+                continue;
             }
             h = self.layers[i].forward(&h)?;
             i += 1;

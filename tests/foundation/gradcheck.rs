@@ -205,6 +205,33 @@ fn conv2d_relu_fused() {
     for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
         crate::common::assert_close(&format!("Sequential conv+relu {name}"), f, a, 1e-12, 1e-12);
     }
+
+    // With a 2x2 max pool after the ReLU (odd 5x4 output: the last row is dropped).
+    gradcheck("conv2d_relu_maxpool2", &[x.clone(), w.clone(), b.clone()], |v| {
+        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), opt)
+    });
+    let conv = Conv2d { weight: w.clone(), bias: Some(b.clone()), options: opt };
+    let model = Sequential::new().add(conv).add(Relu).add(kiln::nn::MaxPool2d::new(2));
+    let r =
+        Tensor::from_vec(crate::common::values(10 * 3 * 2 * 2, 384, -1.0, 1.0), [10, 3, 2, 2], Device::Cpu).unwrap();
+    let grads = |out: Tensor| {
+        for t in [&x, &w, &b] {
+            t.zero_grad();
+        }
+        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let v = crate::common::vec64(&out);
+        [
+            v,
+            crate::common::vec64(&x.grad().unwrap()),
+            crate::common::vec64(&w.grad().unwrap()),
+            crate::common::vec64(&b.grad().unwrap()),
+        ]
+    };
+    let fused = grads(model.forward(&x).unwrap());
+    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap());
+    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
+        crate::common::assert_close(&format!("Sequential conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
+    }
 }
 
 #[test]

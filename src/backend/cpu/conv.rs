@@ -62,92 +62,154 @@ impl ConvGeom {
 }
 
 /// conv2d forward: x [n, c, h, w], weight [o, c/groups, kh, kw], bias [o] -> [n, o, oh, ow],
-/// with a ReLU applied to the result when `relu`.
+/// followed by what `epi` asks for. With `Epilogue::ReluMaxPool2` the result is the pooled
+/// [n, o, oh/2, ow/2] and the second storage the pooling's argmax (I64, as max_pool2d's).
 pub fn conv2d(
     x: (&CpuStorage, &Layout),
     w: (&CpuStorage, &Layout),
     b: Option<(&CpuStorage, &Layout)>,
     geom: &ConvGeom,
-    relu: bool,
-) -> Result<CpuStorage> {
-    fn go<T: Float>(x: &FloatView, w: &FloatView, b: Option<&FloatView>, geom: &ConvGeom, relu: bool) -> Vec<T> {
+    epi: Epilogue,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    fn go<T: Float>(x: &FloatView, w: &FloatView, b: Option<&FloatView>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
         let bias = b.map(|b| b.contiguous::<T>());
-        conv2d_t(&x.contiguous::<T>(), &w.contiguous::<T>(), bias.as_deref(), geom, relu)
+        conv2d_t(&x.contiguous::<T>(), &w.contiguous::<T>(), bias.as_deref(), geom, epi)
     }
     let (xv, wv) = (float_view(x.0, x.1, "conv2d")?, float_view(w.0, w.1, "conv2d")?);
     let bv = b.map(|(s, l)| float_view(s, l, "conv2d")).transpose()?;
     let dt = x.0.dtype();
+    let idx = |i: Option<Vec<i64>>| i.map(|i| CpuStorage::new(super::CpuData::I64(i)));
     Ok(if xv.is_f64() {
-        f64::into_storage(go(&xv, &wv, bv.as_ref(), geom, relu), dt)
+        let (v, i) = go::<f64>(&xv, &wv, bv.as_ref(), geom, epi);
+        (f64::into_storage(v, dt), idx(i))
     } else {
-        f32::into_storage(go(&xv, &wv, bv.as_ref(), geom, relu), dt)
+        let (v, i) = go::<f32>(&xv, &wv, bv.as_ref(), geom, epi);
+        (f32::into_storage(v, dt), idx(i))
     })
 }
 
-/// conv2d backward: given the output gradient `g` [n, o, oh, ow], the gradients of
-/// (x, weight, bias) that `need` asks for. `relu_out`: the forward had a fused ReLU with
-/// this output; the gradient is masked where it is not positive.
+/// What a conv2d op applies to the convolution's result before handing it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    Relu,
+    /// ReLU, then 2x2 / stride-2 max pooling: the full-size output only ever exists per
+    /// image, in cache (the MNIST CNN's first conv output is 11 MB per batch).
+    ReluMaxPool2,
+}
+
+/// The forward's outputs of the op, which its backward reads back.
+#[derive(Clone, Copy)]
+pub enum Fused<'a> {
+    None,
+    /// A fused ReLU's output.
+    Relu(&'a CpuStorage),
+    /// A fused ReLU + 2x2 max pool's (pooled output, argmax indices).
+    ReluMaxPool2(&'a CpuStorage, &'a CpuStorage),
+}
+
+type Out<T> = (Vec<T>, Option<Vec<i64>>);
+
+/// conv2d backward: given the gradient `g` of the op's output, the gradients of (x, weight,
+/// bias) that `need` asks for. `fused`: what the forward applied after the convolution (its
+/// outputs), undone first: the gradient flows only where the ReLU's output is positive, and
+/// through a fused pool only to each window's argmax.
 pub fn conv2d_backward(
     g: (&CpuStorage, &Layout),
     x: (&CpuStorage, &Layout),
     w: (&CpuStorage, &Layout),
-    relu_out: Option<(&CpuStorage, &Layout)>,
+    fused: Fused,
     geom: &ConvGeom,
     need: [bool; 3],
 ) -> Result<[Option<CpuStorage>; 3]> {
-    fn go<T: Float>(v: &[FloatView], out: Option<&FloatView>, geom: &ConvGeom, need: [bool; 3]) -> [Option<Vec<T>>; 3] {
+    fn go<T: Float>(
+        v: &[FloatView],
+        out: Option<&FloatView>,
+        idx: Option<&[i64]>,
+        geom: &ConvGeom,
+        need: [bool; 3],
+    ) -> [Option<Vec<T>>; 3] {
         let (g, x, w) = (v[0].contiguous::<T>(), v[1].contiguous::<T>(), v[2].contiguous::<T>());
         let out = out.map(|o| o.contiguous::<T>());
-        conv2d_backward_t(&g, &x, &w, out.as_deref(), geom, need)
+        conv2d_backward_t(&g, &x, &w, out.as_deref(), idx, geom, need)
     }
     let views = [float_view(g.0, g.1, "conv2d")?, float_view(x.0, x.1, "conv2d")?, float_view(w.0, w.1, "conv2d")?];
-    let out = relu_out.map(|(s, l)| float_view(s, l, "conv2d")).transpose()?;
+    let whole = |s: &CpuStorage| Layout::contiguous(crate::Shape::new(vec![s.len()]));
+    let (out, idx) = match fused {
+        Fused::None => (None, None),
+        Fused::Relu(o) => (Some(float_view(o, &whole(o), "conv2d")?), None),
+        Fused::ReluMaxPool2(o, i) => {
+            let super::CpuData::I64(i) = i.data() else {
+                return Err(crate::Error::invalid("conv2d", "pooling indices must be I64"));
+            };
+            (Some(float_view(o, &whole(o), "conv2d")?), Some(&i[..]))
+        }
+    };
     let dt = x.0.dtype();
     Ok(if views[1].is_f64() {
-        go::<f64>(&views, out.as_ref(), geom, need).map(|v| v.map(|v| f64::into_storage(v, dt)))
+        go::<f64>(&views, out.as_ref(), idx, geom, need).map(|v| v.map(|v| f64::into_storage(v, dt)))
     } else {
-        go::<f32>(&views, out.as_ref(), geom, need).map(|v| v.map(|v| f32::into_storage(v, dt)))
+        go::<f32>(&views, out.as_ref(), idx, geom, need).map(|v| v.map(|v| f32::into_storage(v, dt)))
     })
 }
 
-fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, relu: bool) -> Vec<T> {
+fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
     let (o, l, rows, groups) = (geom.o, geom.l(), geom.group_rows(), geom.groups);
     let og = o / groups;
-    let mut out = super::zeroed::<T>(geom.n * o * l);
-    if out.is_empty() {
-        return out;
-    }
     let par = geom.par();
-    out.par_chunks_mut(o * l).enumerate().for_each_init(
-        || vec![T::zero(); groups * rows * l],
-        |cols, (i, dst)| {
-            im2col_image(&x[i * geom.image_len()..][..geom.image_len()], geom, cols);
-            // The bias is the GEMM's starting value: no separate pass over the output.
-            if let Some(b) = b {
-                for (row, &bv) in dst.chunks_mut(l).zip(b) {
-                    row.fill(bv);
+    // One image's convolution (+ ReLU) into `dst` [o, l], its columns in `cols`.
+    let conv_image = |i: usize, cols: &mut [T], dst: &mut [T]| {
+        im2col_image(&x[i * geom.image_len()..][..geom.image_len()], geom, cols);
+        // The bias is the GEMM's starting value: no separate pass over the output.
+        if let Some(b) = b {
+            for (row, &bv) in dst.chunks_mut(l).zip(b) {
+                row.fill(bv);
+            }
+        }
+        for gi in 0..groups {
+            gemm_into(
+                og,
+                l,
+                rows,
+                &mut dst[gi * og * l..][..og * l],
+                b.is_some(),
+                Mat::rows(&w[gi * og * rows..][..og * rows], rows),
+                Mat::rows(&cols[gi * rows * l..][..rows * l], l),
+                par,
+            );
+        }
+        if epi != Epilogue::None {
+            for v in dst.iter_mut() {
+                *v = if *v > T::zero() { *v } else { T::zero() };
+            }
+        }
+    };
+    let scratch = || vec![T::zero(); groups * rows * l];
+    if epi != Epilogue::ReluMaxPool2 {
+        let mut out = super::zeroed::<T>(geom.n * o * l);
+        if !out.is_empty() {
+            out.par_chunks_mut(o * l).enumerate().for_each_init(scratch, |cols, (i, dst)| conv_image(i, cols, dst));
+        }
+        return (out, None);
+    }
+    let (oh, ow) = geom.out_hw();
+    let pooled = (oh / 2) * (ow / 2);
+    let mut out = super::zeroed::<T>(geom.n * o * pooled);
+    let mut idx = super::zeroed::<i64>(geom.n * o * pooled);
+    if !out.is_empty() {
+        out.par_chunks_mut(o * pooled).zip(idx.par_chunks_mut(o * pooled)).enumerate().for_each_init(
+            || (scratch(), vec![T::zero(); o * l]),
+            |(cols, conv), (i, (dst, di))| {
+                conv_image(i, cols, conv);
+                for ((plane, vo), io) in
+                    conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
+                {
+                    super::pool::pool_2x2(plane, ow, (oh / 2, ow / 2), vo, io);
                 }
-            }
-            for gi in 0..groups {
-                gemm_into(
-                    og,
-                    l,
-                    rows,
-                    &mut dst[gi * og * l..][..og * l],
-                    b.is_some(),
-                    Mat::rows(&w[gi * og * rows..][..og * rows], rows),
-                    Mat::rows(&cols[gi * rows * l..][..rows * l], l),
-                    par,
-                );
-            }
-            if relu {
-                for v in dst.iter_mut() {
-                    *v = if *v > T::zero() { *v } else { T::zero() };
-                }
-            }
-        },
-    );
-    out
+            },
+        );
+    }
+    (out, Some(idx))
 }
 
 /// One block's share of the weight and bias gradients (empty when not asked for).
@@ -161,6 +223,7 @@ fn conv2d_backward_t<T: Float>(
     x: &[T],
     w: &[T],
     relu_out: Option<&[T]>,
+    pool_idx: Option<&[i64]>,
     geom: &ConvGeom,
     need: [bool; 3],
 ) -> [Option<Vec<T>>; 3] {
@@ -176,15 +239,37 @@ fn conv2d_backward_t<T: Float>(
         };
         let mut cols = vec![T::zero(); if need_dw || need_dx { groups * rows * l } else { 0 }];
         let mut masked = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];
+        let (oh, ow) = geom.out_hw();
+        let pooled = (oh / 2) * (ow / 2);
         for i in first..first + count {
-            let mut gi_img = &g[i * o * l..][..o * l];
-            if let Some(out) = relu_out {
-                // The fused ReLU's backward: the gradient where the output is positive.
-                for ((m, &gv), &ov) in masked.iter_mut().zip(gi_img).zip(&out[i * o * l..][..o * l]) {
-                    *m = if ov > T::zero() { gv } else { T::zero() };
+            let gi_img: &[T] = match (relu_out, pool_idx) {
+                (None, _) => &g[i * o * l..][..o * l],
+                (Some(out), None) => {
+                    // The fused ReLU's backward: the gradient where the output is positive.
+                    for ((m, &gv), &ov) in
+                        masked.iter_mut().zip(&g[i * o * l..][..o * l]).zip(&out[i * o * l..][..o * l])
+                    {
+                        *m = if ov > T::zero() { gv } else { T::zero() };
+                    }
+                    &masked
                 }
-                gi_img = &masked;
-            }
+                (Some(out), Some(idx)) => {
+                    // Fused ReLU + pool: each window's gradient goes to its argmax (plane
+                    // offsets, as max_pool2d's) when the pooled ReLU output is positive.
+                    masked.fill(T::zero());
+                    let span = i * o * pooled..(i + 1) * o * pooled;
+                    let (gp, op, ip) = (&g[span.clone()], &out[span.clone()], &idx[span]);
+                    for (plane, dst) in masked.chunks_exact_mut(l).enumerate() {
+                        let r = plane * pooled..(plane + 1) * pooled;
+                        for ((&gv, &ov), &at) in gp[r.clone()].iter().zip(&op[r.clone()]).zip(&ip[r]) {
+                            if ov > T::zero() {
+                                dst[at as usize] = dst[at as usize] + gv;
+                            }
+                        }
+                    }
+                    &masked
+                }
+            };
             if need_db {
                 for (acc, row) in p.db.iter_mut().zip(gi_img.chunks(l)) {
                     *acc += sum_f64(row);

@@ -14,7 +14,7 @@ mod reduce;
 mod softmax;
 mod strided;
 
-pub use conv::{col2im, conv2d, conv2d_backward, im2col, ConvGeom};
+pub use conv::{col2im, conv2d, conv2d_backward, im2col, ConvGeom, Epilogue, Fused};
 pub use elementwise::{binary, unary, where_cond};
 pub use index::{gather, index_add, index_select, scatter_add};
 pub use matmul::matmul;
