@@ -6,11 +6,27 @@ pub mod cpu;
 pub mod cuda;
 mod ops;
 
-pub use cpu::CpuStorage;
+pub use cpu::{ConvGeom, CpuStorage, Epilogue};
 pub use ops::{AdamStep, BinaryOp, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Error, Layout, Result};
 use cuda::storage::{self as cu, on_cpu, upload, CudaStorage};
+
+/// A CPU operand of a multi-input op (operands on another device: a mismatch error).
+fn cpu_operand<'a>((s, l): (&'a Storage, &'a Layout)) -> Result<(&'a CpuStorage, &'a Layout)> {
+    match s {
+        Storage::Cpu(s) => Ok((s, l)),
+        other => Err(mixed("conv2d", Device::Cpu, other.device())),
+    }
+}
+
+/// A CUDA operand copied to the host (the host path of multi-input ops).
+fn host_operand((s, l): (&Storage, &Layout)) -> Result<(CpuStorage, Layout)> {
+    match s {
+        Storage::Cuda(s) => Ok((on_cpu(s)?, l.clone())),
+        other => Err(mixed("conv2d", other.device(), Device::CudaEmulated)),
+    }
+}
 
 /// A buffer on some device.
 #[derive(Debug)]
@@ -220,6 +236,88 @@ impl Storage {
             }
         }
     }
+    /// 2-D convolution: `self` is x [n, c, h, w], `w` the weight [o, c/groups, kh, kw],
+    /// `b` the optional bias [o]; the result is contiguous [n, o, oh, ow], then passed
+    /// through what `epi` asks for (with a fused 2x2 max pool: the pooled result and the
+    /// argmax indices, as `max_pool2d` gives them).
+    pub fn conv2d(
+        &self,
+        l: &Layout,
+        w: (&Storage, &Layout),
+        b: Option<(&Storage, &Layout)>,
+        geom: &ConvGeom,
+        epi: Epilogue,
+    ) -> Result<(Storage, Option<Storage>)> {
+        let _p = crate::profile::scope(match epi {
+            Epilogue::None => "conv2d",
+            Epilogue::Relu => "conv2d_relu",
+            Epilogue::ReluMaxPool2 => "conv2d_relu_maxpool2",
+        });
+        match self {
+            Storage::Cpu(x) => cpu::conv2d((x, l), cpu_operand(w)?, b.map(cpu_operand).transpose()?, geom, epi)
+                .map(|(v, i)| (Storage::Cpu(v), i.map(Storage::Cpu))),
+            Storage::Cuda(x) => cu::host("host:conv2d", || {
+                let w = host_operand(w)?;
+                let b = b.map(host_operand).transpose()?;
+                let (v, i) = cpu::conv2d((&on_cpu(x)?, l), (&w.0, &w.1), b.as_ref().map(|(s, l)| (s, l)), geom, epi)?;
+                Ok((Storage::Cuda(upload(x, v)?), i.map(|i| upload(x, i)).transpose()?.map(Storage::Cuda)))
+            }),
+        }
+    }
+    /// conv2d's gradients w.r.t. (x, weight, bias), each computed only where `need` says,
+    /// from the gradient `self` of the op's output. `fused`: the op's fused-epilogue outputs
+    /// (ReLU output; pooled output and indices), whose backward is applied first.
+    pub fn conv2d_backward(
+        &self,
+        l: &Layout,
+        x: (&Storage, &Layout),
+        w: (&Storage, &Layout),
+        fused: &[&Storage],
+        geom: &ConvGeom,
+        need: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        let _p = crate::profile::scope("conv2d_backward");
+        fn fused_of<'a>(v: &[&'a CpuStorage]) -> Result<cpu::Fused<'a>> {
+            Ok(match v {
+                [] => cpu::Fused::None,
+                [o] => cpu::Fused::Relu(o),
+                [o, i] => cpu::Fused::ReluMaxPool2(o, i),
+                _ => return Err(crate::Error::invalid("conv2d", "at most two fused outputs")),
+            })
+        }
+        match self {
+            Storage::Cpu(g) => {
+                let fused_cpu: Vec<&CpuStorage> = fused
+                    .iter()
+                    .map(|s| match s {
+                        Storage::Cpu(s) => Ok(s),
+                        other => Err(mixed("conv2d_backward", Device::Cpu, other.device())),
+                    })
+                    .collect::<Result<_>>()?;
+                let (x, w) = (cpu_operand(x)?, cpu_operand(w)?);
+                Ok(cpu::conv2d_backward((g, l), x, w, fused_of(&fused_cpu)?, geom, need)?.map(|s| s.map(Storage::Cpu)))
+            }
+            Storage::Cuda(g) => cu::host("host:conv2d_backward", || {
+                let owned: Vec<CpuStorage> =
+                    fused.iter().map(|s| host_operand((s, l)).map(|(c, _)| c)).collect::<Result<_>>()?;
+                let fused_cpu: Vec<&CpuStorage> = owned.iter().collect();
+                let (x, w) = (host_operand(x)?, host_operand(w)?);
+                let grads = cpu::conv2d_backward(
+                    (&on_cpu(g)?, l),
+                    (&x.0, &x.1),
+                    (&w.0, &w.1),
+                    fused_of(&fused_cpu)?,
+                    geom,
+                    need,
+                )?;
+                let mut out: [Option<Storage>; 3] = [None, None, None];
+                for (o, s) in out.iter_mut().zip(grads) {
+                    *o = s.map(|s| upload(g, s)).transpose()?.map(Storage::Cuda);
+                }
+                Ok(out)
+            }),
+        }
+    }
     pub fn max_pool2d(&self, l: &Layout, w: &Window2d) -> Result<(Storage, Storage)> {
         let _p = crate::profile::scope("max_pool2d");
         match self {
@@ -231,13 +329,18 @@ impl Storage {
         }
     }
     /// Gradient of max_pool2d: `g` [planes, out] added at `idx` into zeros [planes, plane_len].
-    pub fn max_pool2d_backward(&self, l: &Layout, idx: &[i64], planes: usize, plane_len: usize) -> Result<Storage> {
+    /// `idx` is max_pool2d's index storage (I64, contiguous).
+    pub fn max_pool2d_backward(&self, l: &Layout, idx: &Storage, planes: usize, plane_len: usize) -> Result<Storage> {
         let _p = crate::profile::scope("max_pool2d_backward");
-        match self {
-            Storage::Cpu(s) => cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu),
-            Storage::Cuda(s) => cu::host("host:max_pool2d_backward", || {
-                upload(s, cpu::max_pool2d_backward(&on_cpu(s)?, l, idx, planes, plane_len)?).map(Storage::Cuda)
+        match (self, idx) {
+            (Storage::Cpu(s), Storage::Cpu(idx)) => {
+                cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu)
+            }
+            (Storage::Cuda(s), Storage::Cuda(idx)) => cu::host("host:max_pool2d_backward", || {
+                upload(s, cpu::max_pool2d_backward(&on_cpu(s)?, l, &on_cpu(idx)?, planes, plane_len)?)
+                    .map(Storage::Cuda)
             }),
+            (s, i) => Err(mixed("max_pool2d_backward", s.device(), i.device())),
         }
     }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {

@@ -215,7 +215,7 @@ fn main() -> Result<()> {
             let ck = kiln::io::checkpoint::load(&checkpoint, device)?;
             let model = ck.build_model(device)?;
             let test = mnist::load(data.unwrap_or_else(mnist::bundled_dir), mnist::Split::Test, device)?;
-            let (loss, acc) = kiln::train::evaluate(model.as_ref(), &test, 1000)?;
+            let (loss, acc) = kiln::train::evaluate(model.as_ref(), &test, kiln::train::EVAL_BATCH_SIZE)?;
             println!(
                 "{}",
                 serde_json::json!({"test_loss": loss, "test_accuracy": acc, "epoch": ck.meta.epoch, "step": ck.meta.step})

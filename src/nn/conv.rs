@@ -37,6 +37,16 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.bias.as_ref(), self.options)
     }
+    fn forward_fused(&self, x: &Tensor, next: &[Option<LayerSpec>]) -> Option<(Result<Tensor>, usize)> {
+        let (w, b, o) = (&self.weight, self.bias.as_ref(), self.options);
+        match next {
+            [Some(LayerSpec::Relu), Some(LayerSpec::MaxPool2d { kernel: (2, 2), stride: (2, 2), padding: (0, 0) }), ..] => {
+                Some((x.conv2d_relu_maxpool2(w, b, o), 2))
+            }
+            [Some(LayerSpec::Relu), ..] => Some((x.conv2d_relu(w, b, o), 1)),
+            _ => None,
+        }
+    }
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor, TensorKind)) {
         f(join(prefix, "weight"), &self.weight, TensorKind::Parameter);
         if let Some(b) = &self.bias {

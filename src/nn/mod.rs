@@ -44,6 +44,13 @@ pub trait Module: Send + Sync {
     /// Switches training behaviour (dropout, batch statistics) on or off.
     fn set_training(&self, _on: bool) {}
 
+    /// This layer followed by the layers described by `next`, as one fused op, for layers
+    /// that have one (Conv2d: + ReLU, + ReLU + 2x2 max pool); None when there is no fused
+    /// form. On success also says how many of `next` it covered. `Sequential` asks.
+    fn forward_fused(&self, _x: &Tensor, _next: &[Option<LayerSpec>]) -> Option<(Result<Tensor>, usize)> {
+        None
+    }
+
     /// The layer's description, enough to rebuild it (None for custom modules).
     fn spec(&self) -> Option<LayerSpec> {
         None

@@ -34,8 +34,18 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward(&h)?;
+        let mut i = 0;
+        while i < self.layers.len() {
+            // A layer with fused forms (Conv2d) may take the next layers (ReLU, pooling) with
+            // it. Only the two layers after it can take part.
+            let next: Vec<Option<LayerSpec>> = self.layers[i + 1..].iter().take(2).map(|l| l.spec()).collect();
+            if let Some((out, covered)) = self.layers[i].forward_fused(&h, &next) {
+                h = out?;
+                i += 1 + covered;
+                continue;
+            }
+            h = self.layers[i].forward(&h)?;
+            i += 1;
         }
         Ok(h)
     }

@@ -1,7 +1,8 @@
-//! Convolution as unfold (im2col) + one batched GEMM. Only `unfold` is a primitive: its
-//! gradient is `fold` (col2im), and conv2d's backward falls out of matmul's.
+//! Convolution. `conv2d` is one op with its own backward (the backend works image by image
+//! on im2col columns it never keeps: see `backend/cpu/conv.rs`); `unfold2d` is the
+//! sliding-window rearrangement on its own (its gradient is `fold`, col2im).
 
-use crate::backend::Window2d;
+use crate::backend::{ConvGeom, Epilogue, Window2d};
 use crate::{Error, Layout, Result, Shape, Tensor};
 
 /// Per-axis (h, w) convolution settings, PyTorch's defaults via `Default` (stride 1, no
@@ -61,6 +62,27 @@ impl Tensor {
     /// 2-D convolution (cross-correlation, as PyTorch): x [n, c, h, w], weight
     /// [out, c/groups, kh, kw], optional bias [out] -> [n, out, oh, ow].
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        self.conv2d_op(weight, bias, opt, Epilogue::None)
+    }
+
+    /// `relu(conv2d(x, weight, bias))` as one op: the ReLU is applied to each image's output
+    /// while it is still in cache, and the backward masks the gradient the same way, so
+    /// neither the pre-activation output nor a separate gradient pass exists. `Sequential`
+    /// uses it for a `Conv2d` followed by a `Relu`.
+    pub fn conv2d_relu(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        self.conv2d_op(weight, bias, opt, Epilogue::Relu)
+    }
+
+    /// `max_pool2d(relu(conv2d(x, weight, bias)), 2)` (2x2 windows, stride 2, no padding) as
+    /// one op: each image's convolution output is pooled while in cache, so the full-size
+    /// output and its gradient never exist as tensors; the backward sends each window's
+    /// gradient to its argmax, as max_pool2d's does. `Sequential` uses it for `Conv2d`,
+    /// `Relu`, `MaxPool2d::new(2)`.
+    pub fn conv2d_relu_maxpool2(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        self.conv2d_op(weight, bias, opt, Epilogue::ReluMaxPool2)
+    }
+
+    fn conv2d_op(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions, epi: Epilogue) -> Result<Tensor> {
         self.check_same("conv2d", weight)?;
         let g = opt.groups;
         let bad = || Error::ShapeMismatch { op: "conv2d", lhs: self.shape().clone(), rhs: weight.shape().clone() };
@@ -73,22 +95,63 @@ impl Tensor {
             return Err(bad());
         }
         let w = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
-        let (oh, ow) = self.check_window("conv2d", &w)?;
-        let cols = self.unfold2d(w)?.reshape([n, g, cg * kh * kw, oh * ow])?;
-        let wm = weight.reshape([g, o / g, cg * kh * kw])?;
-        let out = wm.matmul(&cols)?.reshape([n, o, oh, ow])?;
-        match bias {
-            None => Ok(out),
-            Some(b) => {
-                if b.dims() != [o] {
-                    return Err(Error::ShapeMismatch {
-                        op: "conv2d (bias)",
-                        lhs: weight.shape().clone(),
-                        rhs: b.shape().clone(),
-                    });
-                }
-                out.add(&b.reshape([1, o, 1, 1])?)
+        let (mut oh, mut ow) = self.check_window("conv2d", &w)?;
+        if epi == Epilogue::ReluMaxPool2 {
+            if oh < 2 || ow < 2 {
+                return Err(Error::invalid("conv2d_relu_maxpool2", format!("a {oh}x{ow} output is too small to pool")));
+            }
+            (oh, ow) = (oh / 2, ow / 2);
+        }
+        if let Some(b) = bias {
+            self.check_same("conv2d", b)?;
+            if b.dims() != [o] {
+                return Err(Error::ShapeMismatch {
+                    op: "conv2d (bias)",
+                    lhs: weight.shape().clone(),
+                    rhs: b.shape().clone(),
+                });
             }
         }
+        let geom = ConvGeom { n, c, h: self.dims()[2], w: self.dims()[3], o, groups: g, win: w };
+        let (s, pool_idx) = {
+            let (xs, ws) = (self.storage(), weight.storage());
+            let bs = bias.map(|b| b.storage());
+            let bl = bs.as_deref().zip(bias.map(|b| b.layout()));
+            xs.conv2d(self.layout(), (&ws, weight.layout()), bl, &geom, epi)?
+        };
+        let need = [self.requires_grad(), weight.requires_grad(), bias.is_some_and(|b| b.requires_grad())];
+        let (x, wt) = (self.detach(), weight.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        // The gradients w.r.t. (x, weight, bias); with a fused epilogue the backend undoes it
+        // first from the op's output (and pooling indices).
+        let backward = move |g: &Tensor, out: Option<&Tensor>| -> Result<Vec<Option<Tensor>>> {
+            let out_s = out.map(|o| o.storage());
+            let fused: Vec<&crate::backend::Storage> = out_s.as_deref().into_iter().chain(pool_idx.as_ref()).collect();
+            let grads = g.storage().conv2d_backward(
+                g.layout(),
+                (&x.storage(), x.layout()),
+                (&wt.storage(), wt.layout()),
+                &fused,
+                &geom,
+                need,
+            )?;
+            let shapes = [x.shape().clone(), wt.shape().clone(), Shape::new(vec![geom.o])];
+            Ok(grads
+                .into_iter()
+                .zip(shapes)
+                .map(|(s, shape)| s.map(|s| Tensor::from_storage(s, Layout::contiguous(shape))))
+                .collect())
+        };
+        let layout = Layout::contiguous(Shape::new(vec![n, o, oh, ow]));
+        Ok(match epi {
+            Epilogue::None => Tensor::from_op(s, layout, "conv2d", &inputs, move |g| backward(g, None)),
+            Epilogue::Relu => {
+                Tensor::from_op_out(s, layout, "conv2d_relu", &inputs, move |g, out| backward(g, Some(out)))
+            }
+            Epilogue::ReluMaxPool2 => {
+                Tensor::from_op_out(s, layout, "conv2d_relu_maxpool2", &inputs, move |g, out| backward(g, Some(out)))
+            }
+        })
     }
 }

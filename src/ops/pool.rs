@@ -28,9 +28,9 @@ impl Tensor {
         let (vals, idx) = self.storage().max_pool2d(self.layout(), &w)?;
         let (n, c, h, wd) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let shape = Shape::new(vec![n, c, oh, ow]);
-        let idx = idx.indices(&Layout::contiguous(Shape::new(vec![n * c * oh * ow])), "max_pool2d")?;
         Ok(Tensor::from_op(vals, Layout::contiguous(shape), "max_pool2d", &[self], move |g| {
-            // Each window's gradient goes to its argmax (a scatter-add, one plane per task).
+            // Each window's gradient goes to its argmax (a scatter-add, one plane per task); the
+            // indices stay in the backend's storage (no copy).
             let gx = g.storage().max_pool2d_backward(g.layout(), &idx, n * c, h * wd)?;
             Ok(vec![Some(Tensor::from_storage(gx, Layout::contiguous(Shape::new(vec![n, c, h, wd]))))])
         }))

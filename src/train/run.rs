@@ -271,7 +271,7 @@ fn run_seeded(
         if !main {
             continue;
         }
-        let (tl, ta) = evaluate(model.as_ref(), &test, 1000)?;
+        let (tl, ta) = evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE)?;
         m.test_loss = Some(tl);
         m.test_accuracy = Some(ta);
         if let Some(lg) = logger.as_mut() {
@@ -328,7 +328,7 @@ fn run_seeded(
     let last = history.last();
     let (test_loss, test_accuracy) = match last {
         Some(m) => (m.test_loss.unwrap_or(f64::NAN), m.test_accuracy.unwrap_or(f64::NAN)),
-        None => evaluate(model.as_ref(), &test, 1000)?,
+        None => evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE)?,
     };
     let train_seconds: f64 = history.iter().map(|m| m.seconds).sum();
     let samples: f64 = history.iter().map(|m| m.samples_per_second * m.seconds).sum();

@@ -337,7 +337,8 @@ fn conv2d_matches_direct_convolution() {
     for dtype in [DType::F64, DType::F32] {
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
         for (i, o) in opts.iter().enumerate() {
-            let x = rand_t(&[2, 6, 9, 8], 60 + i as u64, dtype);
+            // Several images: the kernel reuses one scratch buffer for consecutive images.
+            let x = rand_t(&[5, 6, 9, 8], 60 + i as u64, dtype);
             let w = rand_t(&[9, 6 / o.groups, 3, 3], 70 + i as u64, dtype);
             let b = rand_t(&[9], 80 + i as u64, dtype);
             let want = naive_conv(&Nd::of(&x), &Nd::of(&w), Some(&Nd::of(&b)), *o);
@@ -346,6 +347,22 @@ fn conv2d_matches_direct_convolution() {
             assert_close(&format!("conv2d {dtype:?} {o:?}"), &vec64(&got), &want.data, tol, tol);
         }
     }
+}
+
+#[test]
+fn max_pool_2x2_ties_and_nan() {
+    // The 2x2 / stride-2 fast path keeps the general rules: the first of equal values wins
+    // (its gradient goes there), and a NaN wins over numbers.
+    let x = Tensor::from_vec(vec![1.0f64, 1.0, 4.0, 2.0, 1.0, 1.0, f64::NAN, 3.0], [1, 1, 2, 4], CPU)
+        .unwrap()
+        .requires_grad_()
+        .unwrap();
+    let y = x.max_pool2d((2, 2), (2, 2), (0, 0)).unwrap();
+    let v = vec64(&y);
+    assert_eq!(v[0], 1.0);
+    assert!(v[1].is_nan());
+    y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(vec64(&x.grad().unwrap()), vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
 }
 
 #[test]

@@ -157,6 +157,103 @@ fn conv2d_variants() {
 }
 
 #[test]
+fn conv2d_batched_backward() {
+    // More images than one backward task takes (8): the weight and bias gradients are summed
+    // over several blocks of images, the last one partial.
+    let opt = Conv2dOptions { padding: (1, 1), stride: (1, 2), ..Default::default() };
+    let x = leaf(&[11, 2, 4, 5], 360, -1.0, 1.0);
+    let w = leaf(&[3, 2, 3, 3], 361, -1.0, 1.0);
+    let b = leaf(&[3], 362, -1.0, 1.0);
+    gradcheck("conv2d, 11 images", &[x.clone(), w.clone(), b.clone()], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    // An input without gradient (a first layer's data): only the weight and bias gradients.
+    let xd = x.detach();
+    gradcheck("conv2d, constant input", &[w.clone(), b], |v| xd.conv2d(&v[0], Some(&v[1]), opt));
+    // A frozen weight: only the input gradient.
+    let wd = w.detach();
+    gradcheck("conv2d, frozen weight", &[x], |v| v[0].conv2d(&wd, None, opt));
+}
+
+#[test]
+fn conv2d_relu_fused() {
+    let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
+    let x = leaf(&[10, 2, 5, 4], 380, -1.0, 1.0);
+    let w = leaf(&[3, 2, 3, 3], 381, -1.0, 1.0);
+    let b = leaf(&[3], 382, -1.0, 1.0);
+    gradcheck("conv2d_relu", &[x.clone(), w.clone(), b.clone()], |v| v[0].conv2d_relu(&v[1], Some(&v[2]), opt));
+    // Sequential fuses a Conv2d followed by a Relu: the same values and gradients as the two
+    // ops one after the other.
+    use kiln::nn::{Conv2d, Module, Relu, Sequential};
+    let conv = Conv2d { weight: w.clone(), bias: Some(b.clone()), options: opt };
+    let model = Sequential::new().add(conv).add(Relu);
+    let r =
+        Tensor::from_vec(crate::common::values(10 * 3 * 5 * 4, 383, -1.0, 1.0), [10, 3, 5, 4], Device::Cpu).unwrap();
+    let grads = |out: Tensor| {
+        for t in [&x, &w, &b] {
+            t.zero_grad();
+        }
+        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let v = crate::common::vec64(&out);
+        [
+            v,
+            crate::common::vec64(&x.grad().unwrap()),
+            crate::common::vec64(&w.grad().unwrap()),
+            crate::common::vec64(&b.grad().unwrap()),
+        ]
+    };
+    let fused = grads(model.forward(&x).unwrap());
+    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap());
+    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
+        crate::common::assert_close(&format!("Sequential conv+relu {name}"), f, a, 1e-12, 1e-12);
+    }
+
+    // With a 2x2 max pool after the ReLU (odd 5x4 output: the last row is dropped).
+    gradcheck("conv2d_relu_maxpool2", &[x.clone(), w.clone(), b.clone()], |v| {
+        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), opt)
+    });
+    let conv = Conv2d { weight: w.clone(), bias: Some(b.clone()), options: opt };
+    let model = Sequential::new().add(conv).add(Relu).add(kiln::nn::MaxPool2d::new(2));
+    let r =
+        Tensor::from_vec(crate::common::values(10 * 3 * 2 * 2, 384, -1.0, 1.0), [10, 3, 2, 2], Device::Cpu).unwrap();
+    let grads = |out: Tensor| {
+        for t in [&x, &w, &b] {
+            t.zero_grad();
+        }
+        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let v = crate::common::vec64(&out);
+        [
+            v,
+            crate::common::vec64(&x.grad().unwrap()),
+            crate::common::vec64(&w.grad().unwrap()),
+            crate::common::vec64(&b.grad().unwrap()),
+        ]
+    };
+    let fused = grads(model.forward(&x).unwrap());
+    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap());
+    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
+        crate::common::assert_close(&format!("Sequential conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
+    }
+}
+
+#[test]
+fn conv2d_f32_gradients_match_f64() {
+    // The f32 kernels against the f64 ones, which the finite differences above check.
+    let opt = Conv2dOptions { padding: (1, 1), groups: 2, ..Default::default() };
+    let f64s = [leaf(&[9, 4, 6, 5], 370, -1.0, 1.0), leaf(&[6, 2, 3, 3], 371, -1.0, 1.0), leaf(&[6], 372, -1.0, 1.0)];
+    let f32s: Vec<Tensor> =
+        f64s.iter().map(|t| t.detach().to_dtype(DType::F32).unwrap().requires_grad_().unwrap()).collect();
+    let r = crate::common::values(9 * 6 * 6 * 5, 373, -1.0, 1.0);
+    for set in [&f64s[..], &f32s[..]] {
+        let out = set[0].conv2d(&set[1], Some(&set[2]), opt).unwrap();
+        let r = Tensor::from_vec(r.clone(), out.shape().clone(), Device::Cpu).unwrap().to_dtype(out.dtype()).unwrap();
+        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    }
+    for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(f32s.iter().zip(&f64s)) {
+        let (ga, gb) = (crate::common::vec64(&a.grad().unwrap()), crate::common::vec64(&b.grad().unwrap()));
+        crate::common::assert_close(&format!("f32 conv2d d/d {name}"), &ga, &gb, 1e-4, 1e-4);
+    }
+}
+
+#[test]
 fn pooling() {
     let x = leaf(&[2, 3, 6, 5], 400, -1.0, 1.0);
     let xs = std::slice::from_ref(&x);

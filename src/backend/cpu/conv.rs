@@ -1,28 +1,413 @@
-//! im2col / col2im: the sliding-window rearrangement that turns a convolution into one
-//! GEMM (and its adjoint, for the gradient). One task per (image, channel) plane: each
-//! writes its own rows of the result, so no two threads touch the same memory.
+//! Convolution on the CPU.
+//!
+//! `conv2d` and its backward work one image at a time: the image's im2col columns
+//! ([c·kh·kw, oh·ow], ~140 KB for the MNIST CNN's second layer) go to a scratch buffer
+//! that stays in cache, and one GEMM per group turns them into the image's output. Nothing
+//! batch-sized is materialised, and the backward recomputes the columns instead of keeping
+//! them from the forward (recomputing costs a few % of the GEMMs; keeping them cost 18 MB
+//! per step). Images run in parallel; the weight and bias gradients are summed per fixed
+//! block of images and then over blocks in order, so results do not depend on scheduling.
+//!
+//! `im2col` / `col2im` over a whole batch remain for `unfold2d` (and avg_pool2d).
 
-use super::{float_view, from_f32, CpuData, CpuStorage, Float, FloatView};
+use super::matmul::{gemm_into, Mat};
+use super::{float_view, CpuStorage, Float, FloatView};
 use crate::backend::Window2d;
 use crate::{Layout, Result};
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// Images per backward task: the weight/bias gradient partial sums are per block, so
+/// this fixes the summation order (and bounds the partial buffers: n / 8 of them).
+const IMAGES_PER_TASK: usize = 8;
+
+/// The geometry of one conv2d call: x [n, c, h, w], weight [o, c/groups, kh, kw].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub groups: usize,
+    pub win: Window2d,
+}
+
+impl ConvGeom {
+    fn out_hw(&self) -> (usize, usize) {
+        self.win.out_hw(self.h, self.w).expect("geometry checked by the caller")
+    }
+    /// Output pixels per plane.
+    fn l(&self) -> usize {
+        let (oh, ow) = self.out_hw();
+        oh * ow
+    }
+    /// Rows of one group's columns (and columns of its weight matrix): c/groups · kh · kw.
+    fn group_rows(&self) -> usize {
+        self.c / self.groups * self.win.kernel.0 * self.win.kernel.1
+    }
+    fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// gemm's own threading for the per-image GEMMs only when there are too few images to
+    /// give every thread one (batch-1 inference on a large image).
+    fn par(&self) -> Parallelism {
+        let macs = self.o * self.group_rows() * self.l();
+        if self.n >= rayon::current_num_threads() || macs < super::matmul::PAR_GEMM_MACS {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(0)
+        }
+    }
+}
+
+/// conv2d forward: x [n, c, h, w], weight [o, c/groups, kh, kw], bias [o] -> [n, o, oh, ow],
+/// followed by what `epi` asks for. With `Epilogue::ReluMaxPool2` the result is the pooled
+/// [n, o, oh/2, ow/2] and the second storage the pooling's argmax (I64, as max_pool2d's).
+pub fn conv2d(
+    x: (&CpuStorage, &Layout),
+    w: (&CpuStorage, &Layout),
+    b: Option<(&CpuStorage, &Layout)>,
+    geom: &ConvGeom,
+    epi: Epilogue,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    fn go<T: Float>(x: &FloatView, w: &FloatView, b: Option<&FloatView>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
+        let bias = b.map(|b| b.contiguous::<T>());
+        conv2d_t(&x.contiguous::<T>(), &w.contiguous::<T>(), bias.as_deref(), geom, epi)
+    }
+    let (xv, wv) = (float_view(x.0, x.1, "conv2d")?, float_view(w.0, w.1, "conv2d")?);
+    let bv = b.map(|(s, l)| float_view(s, l, "conv2d")).transpose()?;
+    let dt = x.0.dtype();
+    let idx = |i: Option<Vec<i64>>| i.map(|i| CpuStorage::new(super::CpuData::I64(i)));
+    Ok(if xv.is_f64() {
+        let (v, i) = go::<f64>(&xv, &wv, bv.as_ref(), geom, epi);
+        (f64::into_storage(v, dt), idx(i))
+    } else {
+        let (v, i) = go::<f32>(&xv, &wv, bv.as_ref(), geom, epi);
+        (f32::into_storage(v, dt), idx(i))
+    })
+}
+
+/// What a conv2d op applies to the convolution's result before handing it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    Relu,
+    /// ReLU, then 2x2 / stride-2 max pooling: the full-size output only ever exists per
+    /// image, in cache (the MNIST CNN's first conv output is 11 MB per batch).
+    ReluMaxPool2,
+}
+
+/// The forward's outputs of the op, which its backward reads back.
+#[derive(Clone, Copy)]
+pub enum Fused<'a> {
+    None,
+    /// A fused ReLU's output.
+    Relu(&'a CpuStorage),
+    /// A fused ReLU + 2x2 max pool's (pooled output, argmax indices).
+    ReluMaxPool2(&'a CpuStorage, &'a CpuStorage),
+}
+
+type Out<T> = (Vec<T>, Option<Vec<i64>>);
+
+/// conv2d backward: given the gradient `g` of the op's output, the gradients of (x, weight,
+/// bias) that `need` asks for. `fused`: what the forward applied after the convolution (its
+/// outputs), undone first: the gradient flows only where the ReLU's output is positive, and
+/// through a fused pool only to each window's argmax.
+pub fn conv2d_backward(
+    g: (&CpuStorage, &Layout),
+    x: (&CpuStorage, &Layout),
+    w: (&CpuStorage, &Layout),
+    fused: Fused,
+    geom: &ConvGeom,
+    need: [bool; 3],
+) -> Result<[Option<CpuStorage>; 3]> {
+    fn go<T: Float>(
+        v: &[FloatView],
+        out: Option<&FloatView>,
+        idx: Option<&[i64]>,
+        geom: &ConvGeom,
+        need: [bool; 3],
+    ) -> [Option<Vec<T>>; 3] {
+        let (g, x, w) = (v[0].contiguous::<T>(), v[1].contiguous::<T>(), v[2].contiguous::<T>());
+        let out = out.map(|o| o.contiguous::<T>());
+        conv2d_backward_t(&g, &x, &w, out.as_deref(), idx, geom, need)
+    }
+    let views = [float_view(g.0, g.1, "conv2d")?, float_view(x.0, x.1, "conv2d")?, float_view(w.0, w.1, "conv2d")?];
+    let whole = |s: &CpuStorage| Layout::contiguous(crate::Shape::new(vec![s.len()]));
+    let (out, idx) = match fused {
+        Fused::None => (None, None),
+        Fused::Relu(o) => (Some(float_view(o, &whole(o), "conv2d")?), None),
+        Fused::ReluMaxPool2(o, i) => {
+            let super::CpuData::I64(i) = i.data() else {
+                return Err(crate::Error::invalid("conv2d", "pooling indices must be I64"));
+            };
+            (Some(float_view(o, &whole(o), "conv2d")?), Some(&i[..]))
+        }
+    };
+    let dt = x.0.dtype();
+    Ok(if views[1].is_f64() {
+        go::<f64>(&views, out.as_ref(), idx, geom, need).map(|v| v.map(|v| f64::into_storage(v, dt)))
+    } else {
+        go::<f32>(&views, out.as_ref(), idx, geom, need).map(|v| v.map(|v| f32::into_storage(v, dt)))
+    })
+}
+
+fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
+    let (o, l, rows, groups) = (geom.o, geom.l(), geom.group_rows(), geom.groups);
+    let og = o / groups;
+    let par = geom.par();
+    // One image's convolution (+ ReLU) into `dst` [o, l], its columns in `cols`.
+    let conv_image = |i: usize, cols: &mut [T], dst: &mut [T]| {
+        im2col_image(&x[i * geom.image_len()..][..geom.image_len()], geom, cols);
+        // The bias is the GEMM's starting value: no separate pass over the output.
+        if let Some(b) = b {
+            for (row, &bv) in dst.chunks_mut(l).zip(b) {
+                row.fill(bv);
+            }
+        }
+        for gi in 0..groups {
+            gemm_into(
+                og,
+                l,
+                rows,
+                &mut dst[gi * og * l..][..og * l],
+                b.is_some(),
+                Mat::rows(&w[gi * og * rows..][..og * rows], rows),
+                Mat::rows(&cols[gi * rows * l..][..rows * l], l),
+                par,
+            );
+        }
+        if epi != Epilogue::None {
+            for v in dst.iter_mut() {
+                *v = if *v > T::zero() { *v } else { T::zero() };
+            }
+        }
+    };
+    let scratch = || vec![T::zero(); groups * rows * l];
+    if epi != Epilogue::ReluMaxPool2 {
+        let mut out = super::zeroed::<T>(geom.n * o * l);
+        if !out.is_empty() {
+            out.par_chunks_mut(o * l).enumerate().for_each_init(scratch, |cols, (i, dst)| conv_image(i, cols, dst));
+        }
+        return (out, None);
+    }
+    let (oh, ow) = geom.out_hw();
+    let pooled = (oh / 2) * (ow / 2);
+    let mut out = super::zeroed::<T>(geom.n * o * pooled);
+    let mut idx = super::zeroed::<i64>(geom.n * o * pooled);
+    if !out.is_empty() {
+        out.par_chunks_mut(o * pooled).zip(idx.par_chunks_mut(o * pooled)).enumerate().for_each_init(
+            || (scratch(), vec![T::zero(); o * l]),
+            |(cols, conv), (i, (dst, di))| {
+                conv_image(i, cols, conv);
+                for ((plane, vo), io) in
+                    conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
+                {
+                    super::pool::pool_2x2(plane, ow, (oh / 2, ow / 2), vo, io);
+                }
+            },
+        );
+    }
+    (out, Some(idx))
+}
+
+/// One block's share of the weight and bias gradients (empty when not asked for).
+struct Partial<T> {
+    dw: Vec<T>,
+    db: Vec<f64>,
+}
+
+fn conv2d_backward_t<T: Float>(
+    g: &[T],
+    x: &[T],
+    w: &[T],
+    relu_out: Option<&[T]>,
+    pool_idx: Option<&[i64]>,
+    geom: &ConvGeom,
+    need: [bool; 3],
+) -> [Option<Vec<T>>; 3] {
+    let [need_dx, need_dw, need_db] = need;
+    let (n, o, l, rows, groups) = (geom.n, geom.o, geom.l(), geom.group_rows(), geom.groups);
+    let (og, img) = (o / groups, geom.image_len());
+    let par = geom.par();
+    // The images [first, first + dx.len() / img) of one task; `dx` is empty when not needed.
+    let block = |first: usize, count: usize, dx: &mut [T]| -> Partial<T> {
+        let mut p = Partial {
+            dw: if need_dw { vec![T::zero(); o * rows] } else { Vec::new() },
+            db: if need_db { vec![0.0; o] } else { Vec::new() },
+        };
+        let mut cols = vec![T::zero(); if need_dw || need_dx { groups * rows * l } else { 0 }];
+        let mut masked = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];
+        let (oh, ow) = geom.out_hw();
+        let pooled = (oh / 2) * (ow / 2);
+        for i in first..first + count {
+            let gi_img: &[T] = match (relu_out, pool_idx) {
+                (None, _) => &g[i * o * l..][..o * l],
+                (Some(out), None) => {
+                    // The fused ReLU's backward: the gradient where the output is positive.
+                    for ((m, &gv), &ov) in
+                        masked.iter_mut().zip(&g[i * o * l..][..o * l]).zip(&out[i * o * l..][..o * l])
+                    {
+                        *m = if ov > T::zero() { gv } else { T::zero() };
+                    }
+                    &masked
+                }
+                (Some(out), Some(idx)) => {
+                    // Fused ReLU + pool: each window's gradient goes to its argmax (plane
+                    // offsets, as max_pool2d's) when the pooled ReLU output is positive.
+                    masked.fill(T::zero());
+                    let span = i * o * pooled..(i + 1) * o * pooled;
+                    let (gp, op, ip) = (&g[span.clone()], &out[span.clone()], &idx[span]);
+                    for (plane, dst) in masked.chunks_exact_mut(l).enumerate() {
+                        let r = plane * pooled..(plane + 1) * pooled;
+                        for ((&gv, &ov), &at) in gp[r.clone()].iter().zip(&op[r.clone()]).zip(&ip[r]) {
+                            if ov > T::zero() {
+                                dst[at as usize] = dst[at as usize] + gv;
+                            }
+                        }
+                    }
+                    &masked
+                }
+            };
+            if need_db {
+                for (acc, row) in p.db.iter_mut().zip(gi_img.chunks(l)) {
+                    *acc += sum_f64(row);
+                }
+            }
+            if need_dw {
+                // dW[grp] (og x rows) += g[grp] (og x l) @ cols[grp]ᵀ (l x rows).
+                im2col_image(&x[i * img..][..img], geom, &mut cols);
+                for grp in 0..groups {
+                    gemm_into(
+                        og,
+                        rows,
+                        l,
+                        &mut p.dw[grp * og * rows..][..og * rows],
+                        true,
+                        Mat::rows(&gi_img[grp * og * l..][..og * l], l),
+                        Mat::transposed(&cols[grp * rows * l..][..rows * l], l),
+                        par,
+                    );
+                }
+            }
+            if need_dx {
+                // dcols[grp] (rows x l) = W[grp]ᵀ (rows x og) @ g[grp] (og x l), then col2im.
+                for grp in 0..groups {
+                    gemm_into(
+                        rows,
+                        l,
+                        og,
+                        &mut cols[grp * rows * l..][..rows * l],
+                        false,
+                        Mat::transposed(&w[grp * og * rows..][..og * rows], rows),
+                        Mat::rows(&gi_img[grp * og * l..][..og * l], l),
+                        par,
+                    );
+                }
+                col2im_image(&cols, geom, &mut dx[(i - first) * img..][..img]);
+            }
+        }
+        p
+    };
+    let step = IMAGES_PER_TASK;
+    let mut dx = if need_dx { super::zeroed::<T>(n * img) } else { Vec::new() };
+    let partials: Vec<Partial<T>> = if need_dx && img > 0 {
+        dx.par_chunks_mut(step * img).enumerate().map(|(t, d)| block(t * step, d.len() / img, d)).collect()
+    } else {
+        (0..n.div_ceil(step)).into_par_iter().map(|t| block(t * step, step.min(n - t * step), &mut [])).collect()
+    };
+    let dw = need_dw.then(|| {
+        let mut dw = vec![T::zero(); o * rows];
+        for p in &partials {
+            dw.iter_mut().zip(&p.dw).for_each(|(a, &b)| *a = *a + b);
+        }
+        dw
+    });
+    let db = need_db.then(|| {
+        let mut db = vec![0.0; o];
+        for p in &partials {
+            db.iter_mut().zip(&p.db).for_each(|(a, &b)| *a += b);
+        }
+        db.into_iter().map(T::from_f64).collect()
+    });
+    [need_dx.then_some(dx), dw, db]
+}
+
+/// Σ v in f64 (as the reductions do), over 8 lanes so the loop vectorises.
+fn sum_f64<T: Float>(v: &[T]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| x.to_f64()).sum();
+    for c in chunks {
+        for (a, &x) in lanes.iter_mut().zip(c) {
+            *a += x.to_f64();
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
 
 /// x [n, c, h, w] -> cols [n, c*kh*kw, oh*ow]; padding reads as zero.
 pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d) -> Result<CpuStorage> {
-    Ok(match float_view(s, l, "im2col")? {
-        FloatView::F32(v, l2) => from_f32(im2col_t(&super::to_contiguous_vec(&v, &l2), l.dims(), w), s.dtype()),
-        FloatView::F64(v, l2) => {
-            CpuStorage::new(CpuData::F64(im2col_t(&super::to_contiguous_vec(v, &l2), l.dims(), w)))
+    fn go<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
+        let (h, wd) = (dims[2], dims[3]);
+        let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
+        let rows = w.kernel.0 * w.kernel.1 * oh * ow;
+        let mut out = super::zeroed::<T>(dims[0] * dims[1] * rows);
+        if !out.is_empty() {
+            // One task per (image, channel) plane, each writing its own rows.
+            out.par_chunks_mut(rows)
+                .zip(x.par_chunks(h * wd))
+                .for_each(|(rows, src)| im2col_plane(src, h, wd, w, (oh, ow), rows));
         }
+        out
+    }
+    let v = float_view(s, l, "im2col")?;
+    Ok(if v.is_f64() {
+        f64::into_storage(go(&v.contiguous::<f64>(), l.dims(), w), s.dtype())
+    } else {
+        f32::into_storage(go(&v.contiguous::<f32>(), l.dims(), w), s.dtype())
     })
 }
 
 /// cols [n, c*kh*kw, oh*ow] -> x [n, c, h, w] (`x_dims`), summing overlapping windows.
 pub fn col2im(s: &CpuStorage, l: &Layout, x_dims: &[usize], w: &Window2d) -> Result<CpuStorage> {
-    Ok(match float_view(s, l, "col2im")? {
-        FloatView::F32(v, l2) => from_f32(col2im_t(&super::to_contiguous_vec(&v, &l2), x_dims, w), s.dtype()),
-        FloatView::F64(v, l2) => CpuStorage::new(CpuData::F64(col2im_t(&super::to_contiguous_vec(v, &l2), x_dims, w))),
+    fn go<T: Float>(cols: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
+        let (h, wd) = (dims[2], dims[3]);
+        let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
+        let rows = w.kernel.0 * w.kernel.1 * oh * ow;
+        let mut out = super::zeroed::<T>(dims[0] * dims[1] * h * wd);
+        if !out.is_empty() {
+            out.par_chunks_mut(h * wd)
+                .zip(cols.par_chunks(rows))
+                .for_each(|(dst, rows)| col2im_plane(rows, h, wd, w, (oh, ow), dst));
+        }
+        out
+    }
+    let v = float_view(s, l, "col2im")?;
+    Ok(if v.is_f64() {
+        f64::into_storage(go(&v.contiguous::<f64>(), x_dims, w), s.dtype())
+    } else {
+        f32::into_storage(go(&v.contiguous::<f32>(), x_dims, w), s.dtype())
     })
+}
+
+/// One image [c, h, w] -> its columns [c*kh*kw, oh*ow] (every element written).
+fn im2col_image<T: Float>(x: &[T], geom: &ConvGeom, cols: &mut [T]) {
+    let (hw, out) = (geom.h * geom.w, geom.out_hw());
+    let rows = geom.win.kernel.0 * geom.win.kernel.1 * out.0 * out.1;
+    for (src, dst) in x.chunks_exact(hw).zip(cols.chunks_exact_mut(rows)) {
+        im2col_plane(src, geom.h, geom.w, &geom.win, out, dst);
+    }
+}
+
+/// The adjoint of `im2col_image`: adds the columns back into the image [c, h, w].
+fn col2im_image<T: Float>(cols: &[T], geom: &ConvGeom, x: &mut [T]) {
+    let (hw, out) = (geom.h * geom.w, geom.out_hw());
+    let rows = geom.win.kernel.0 * geom.win.kernel.1 * out.0 * out.1;
+    for (src, dst) in cols.chunks_exact(rows).zip(x.chunks_exact_mut(hw)) {
+        col2im_plane(src, geom.h, geom.w, &geom.win, out, dst);
+    }
 }
 
 /// For kernel tap `k` along one axis: the input coordinate of output 0 (`k·dil - pad`, may
@@ -37,68 +422,64 @@ fn tap(k: usize, stride: usize, pad: usize, dil: usize, len: usize, out_len: usi
     (off, lo.min(out_len)..hi.min(out_len).max(lo.min(out_len)))
 }
 
-fn im2col_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
-    let (n, c, h, wd) = (dims[0], dims[1], dims[2], dims[3]);
-    let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
+/// One plane [h, w] -> its rows [kh*kw, oh*ow] of the columns. Every element is written
+/// (padding as zero), so scratch buffers can be reused without clearing. The tap ranges
+/// are worked out once per (tap, axis): the inner loop is a memcpy per output row at
+/// stride 1, a strided gather otherwise.
+fn im2col_plane<T: Float>(src: &[T], h: usize, wd: usize, w: &Window2d, (oh, ow): (usize, usize), rows: &mut [T]) {
     let (kh, kw) = w.kernel;
-    let (k, l) = (kh * kw, oh * ow);
-    let mut out = super::zeroed::<T>(n * c * k * l);
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(k * l).enumerate().for_each(|(plane, rows)| {
-        let src = &x[plane * h * wd..(plane + 1) * h * wd];
-        for i in 0..kh {
-            let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
-            for j in 0..kw {
-                let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
-                let row = &mut rows[(i * kw + j) * l..(i * kw + j + 1) * l];
-                for y in ys.clone() {
-                    let sy = (y * w.stride.0) as isize + oy;
-                    let base = sy as usize * wd;
-                    let dst = &mut row[y * ow..(y + 1) * ow];
-                    if w.stride.1 == 1 {
-                        // Contiguous run: one memcpy per (tap, output row).
-                        let s0 = (base as isize + xs.start as isize + ox) as usize;
-                        dst[xs.clone()].copy_from_slice(&src[s0..s0 + xs.len()]);
-                    } else {
-                        for xo in xs.clone() {
-                            dst[xo] = src[(base as isize + (xo * w.stride.1) as isize + ox) as usize];
-                        }
+    let l = oh * ow;
+    for i in 0..kh {
+        let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
+        for j in 0..kw {
+            let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
+            let row = &mut rows[(i * kw + j) * l..][..l];
+            row[..ys.start * ow].fill(T::zero());
+            row[ys.end * ow..].fill(T::zero());
+            for y in ys.clone() {
+                let sy = ((y * w.stride.0) as isize + oy) as usize;
+                let srow = &src[sy * wd..][..wd];
+                let dst = &mut row[y * ow..][..ow];
+                dst[..xs.start].fill(T::zero());
+                dst[xs.end..].fill(T::zero());
+                let first = ((xs.start * w.stride.1) as isize + ox) as usize;
+                if w.stride.1 == 1 {
+                    dst[xs.clone()].copy_from_slice(&srow[first..][..xs.len()]);
+                } else {
+                    for (d, &s) in dst[xs.clone()].iter_mut().zip(srow[first..].iter().step_by(w.stride.1)) {
+                        *d = s;
                     }
                 }
             }
         }
-    });
-    out
+    }
 }
 
-fn col2im_t<T: Float>(cols: &[T], dims: &[usize], w: &Window2d) -> Vec<T> {
-    let (n, c, h, wd) = (dims[0], dims[1], dims[2], dims[3]);
-    let (oh, ow) = w.out_hw(h, wd).expect("geometry checked by the caller");
+/// The adjoint of `im2col_plane`: adds rows [kh*kw, oh*ow] into the plane `dst` [h, w].
+fn col2im_plane<T: Float>(rows: &[T], h: usize, wd: usize, w: &Window2d, (oh, ow): (usize, usize), dst: &mut [T]) {
     let (kh, kw) = w.kernel;
-    let (k, l) = (kh * kw, oh * ow);
-    let mut out = super::zeroed::<T>(n * c * h * wd);
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, dst)| {
-        let rows = &cols[plane * k * l..(plane + 1) * k * l];
-        for i in 0..kh {
-            let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
-            for j in 0..kw {
-                let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
-                let row = &rows[(i * kw + j) * l..(i * kw + j + 1) * l];
-                for y in ys.clone() {
-                    let base = ((y * w.stride.0) as isize + oy) as usize * wd;
-                    let src = &row[y * ow..(y + 1) * ow];
-                    for xo in xs.clone() {
-                        let t = (base as isize + (xo * w.stride.1) as isize + ox) as usize;
-                        dst[t] = dst[t] + src[xo];
+    let l = oh * ow;
+    for i in 0..kh {
+        let (oy, ys) = tap(i, w.stride.0, w.padding.0, w.dilation.0, h, oh);
+        for j in 0..kw {
+            let (ox, xs) = tap(j, w.stride.1, w.padding.1, w.dilation.1, wd, ow);
+            let row = &rows[(i * kw + j) * l..][..l];
+            for y in ys.clone() {
+                let sy = ((y * w.stride.0) as isize + oy) as usize;
+                let drow = &mut dst[sy * wd..][..wd];
+                let src = &row[y * ow..][..ow][xs.clone()];
+                let first = ((xs.start * w.stride.1) as isize + ox) as usize;
+                if w.stride.1 == 1 {
+                    // Contiguous: a loop the compiler vectorises (step_by would not).
+                    for (d, &s) in drow[first..][..src.len()].iter_mut().zip(src) {
+                        *d = *d + s;
+                    }
+                } else {
+                    for (d, &s) in drow[first..].iter_mut().step_by(w.stride.1).zip(src) {
+                        *d = *d + s;
                     }
                 }
             }
         }
-    });
-    out
+    }
 }

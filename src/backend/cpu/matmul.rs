@@ -8,7 +8,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Below this many multiply-adds one GEMM stays on one thread.
-const PAR_GEMM_MACS: usize = 1 << 20;
+pub(crate) const PAR_GEMM_MACS: usize = 1 << 20;
 
 /// `a @ b` over the last two dims; the batch dims of both layouts are already broadcast
 /// to the same shape. Result: contiguous [batch.., m, n].
@@ -98,4 +98,79 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
         }
     }
     out
+}
+
+/// A row-major or strided matrix operand: `data[r * rs + c * cs]` is element (r, c).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
+        Mat { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns (a view, nothing is copied).
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
+        Mat { data, rs: 1, cs: cols }
+    }
+    fn check(&self, rows: usize, cols: usize) {
+        let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+        assert!(last < self.data.len(), "gemm operand out of bounds");
+    }
+}
+
+/// `dst (m x n, row-major) = a (m x k) @ b (k x n)`, or `dst += a @ b` when `accumulate`;
+/// one GEMM on slices for kernels that own their loops (conv2d runs one per image).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<T: super::Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: the asserts above keep every element gemm reads (a, b) or writes (dst, row
+    // stride n) inside its slice; dst is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }

@@ -14,7 +14,7 @@ mod reduce;
 mod softmax;
 mod strided;
 
-pub use conv::{col2im, im2col};
+pub use conv::{col2im, conv2d, conv2d_backward, im2col, ConvGeom, Epilogue, Fused};
 pub use elementwise::{binary, unary, where_cond};
 pub use index::{gather, index_add, index_select, scatter_add};
 pub use matmul::matmul;
@@ -210,15 +210,38 @@ fn data_bytes(d: &CpuData) -> usize {
 /// A float element the CPU kernels compute in (f32 or f64).
 pub(crate) trait Float: num_traits::Float + WithDType + Default + Send + Sync + std::iter::Sum {
     fn erf(self) -> Self;
+    /// The elements of a view of this element type, contiguous (panics on the other type:
+    /// callers pick `T` from [`FloatView::is_f64`]).
+    fn view<'v>(v: &'v FloatView<'_>) -> std::borrow::Cow<'v, [Self]>;
+    /// A kernel's result as storage of the caller's `dtype` (half types narrowed again).
+    fn into_storage(v: Vec<Self>, dtype: DType) -> CpuStorage;
 }
 impl Float for f32 {
     fn erf(self) -> f32 {
         libm::erff(self)
     }
+    fn view<'v>(v: &'v FloatView<'_>) -> std::borrow::Cow<'v, [f32]> {
+        match v {
+            FloatView::F32(d, l) => to_contiguous_vec(d, l),
+            FloatView::F64(..) => unreachable!("an f64 view read as f32"),
+        }
+    }
+    fn into_storage(v: Vec<f32>, dtype: DType) -> CpuStorage {
+        from_f32(v, dtype)
+    }
 }
 impl Float for f64 {
     fn erf(self) -> f64 {
         libm::erf(self)
+    }
+    fn view<'v>(v: &'v FloatView<'_>) -> std::borrow::Cow<'v, [f64]> {
+        match v {
+            FloatView::F64(d, l) => to_contiguous_vec(d, l),
+            FloatView::F32(..) => unreachable!("an f32 view read as f64"),
+        }
+    }
+    fn into_storage(v: Vec<f64>, _dtype: DType) -> CpuStorage {
+        CpuStorage::new(CpuData::F64(v))
     }
 }
 
@@ -226,6 +249,16 @@ impl Float for f64 {
 pub(crate) enum FloatView<'a> {
     F32(std::borrow::Cow<'a, [f32]>, Layout),
     F64(&'a [f64], Layout),
+}
+
+impl FloatView<'_> {
+    pub(crate) fn is_f64(&self) -> bool {
+        matches!(self, FloatView::F64(..))
+    }
+    /// The view's elements as a contiguous slice, borrowed when already contiguous.
+    pub(crate) fn contiguous<T: Float>(&self) -> std::borrow::Cow<'_, [T]> {
+        T::view(self)
+    }
 }
 
 /// Widens half types to a contiguous f32 copy; f32/f64 pass through by reference.
@@ -267,9 +300,31 @@ pub(crate) fn to_contiguous_vec<'a, T: Copy + Send + Sync + Default>(
 /// transparent huge pages before first touch: filling 64 MB of fresh 4 KB pages costs 16k
 /// page faults (most of the time of a large elementwise op); 2 MB pages cost 32.
 pub(crate) fn zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
+    keep_large_blocks_on_the_heap();
     let v = vec![T::default(); n];
     advise_huge_pages(&v);
     v
+}
+
+/// glibc's malloc serves blocks above its mmap threshold (128 KB at first, then the largest
+/// block freed so far, up to 32 MB) with fresh mmaps, and unmaps them on free: a training
+/// step's activations (megabytes each, allocated and freed every step) then cost page faults
+/// to fill and TLB shootdowns to unmap, a third of the CNN's CPU time under `perf`. A fixed
+/// 32 MB threshold keeps such blocks on the heap, where the next step reuses them; the 64 MB
+/// trim threshold lets the heap keep that much free memory at its top between steps. Peak
+/// RSS does not grow (the next step asks for the same blocks). Set once, on the first large
+/// allocation; other allocators and platforms are left alone.
+fn keep_large_blocks_on_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes glibc's allocation thresholds; it is thread-safe and
+        // touches no memory of ours.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        });
+    }
 }
 
 fn advise_huge_pages<T>(v: &[T]) {

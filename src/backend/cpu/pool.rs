@@ -31,6 +31,10 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
     }
     vals.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vo, io))| {
         let src = &x[p * h * wd..(p + 1) * h * wd];
+        if w.padding == (0, 0) && w.kernel == (2, 2) && w.stride == (2, 2) && w.dilation == (1, 1) {
+            pool_2x2(src, wd, (oh, ow), vo, io);
+            return;
+        }
         if w.padding == (0, 0) {
             // Every tap is inside the image: no bounds checks in the hot loop.
             let (kh, kw, (sh, sw), (dh, dw)) = (w.kernel.0, w.kernel.1, w.stride, w.dilation);
@@ -84,16 +88,70 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
     (vals, idx)
 }
 
+/// The 2x2, stride-2 window of most CNNs: each output row reads two whole input rows, with
+/// the same tie and NaN rules as the general loop (the first of equal values wins; a NaN
+/// wins over numbers). Which tap wins is unpredictable on real activations, so the loop is
+/// written as plain `>` selects the compiler turns into maxss/cmov instead of branches
+/// (mispredicted branches made it 3x slower); a row holding a NaN is redone by `take`,
+/// which the plain comparison would get wrong.
+pub(super) fn pool_2x2<T: Float>(src: &[T], wd: usize, (oh, ow): (usize, usize), vo: &mut [T], io: &mut [i64]) {
+    #[inline(always)]
+    fn take<T: Float>((best, at): (T, usize), (v, i): (T, usize)) -> (T, usize) {
+        if v > best || (v.is_nan() && !best.is_nan()) {
+            (v, i)
+        } else {
+            (best, at)
+        }
+    }
+    for y in 0..oh {
+        let (top, bottom) = (2 * y * wd, (2 * y + 1) * wd);
+        let (r0, r1) = (&src[top..][..2 * ow], &src[bottom..][..2 * ow]);
+        let (vrow, irow) = (&mut vo[y * ow..][..ow], &mut io[y * ow..][..ow]);
+        let mut nan = false;
+        for (xo, (v, i)) in vrow.iter_mut().zip(irow.iter_mut()).enumerate() {
+            let x = 2 * xo;
+            let taps = [(r0[x + 1], top + x + 1), (r1[x], bottom + x), (r1[x + 1], bottom + x + 1)];
+            let (mut best, mut at) = (r0[x], top + x);
+            nan |= best.is_nan();
+            for (tv, ti) in taps {
+                let gt = tv > best;
+                best = if gt { tv } else { best };
+                at = if gt { ti } else { at };
+                nan |= tv.is_nan();
+            }
+            *v = best;
+            *i = at as i64;
+        }
+        if nan {
+            for (xo, (v, i)) in vrow.iter_mut().zip(irow.iter_mut()).enumerate() {
+                let x = 2 * xo;
+                let mut best = (r0[x], top + x);
+                for tap in [(r0[x + 1], top + x + 1), (r1[x], bottom + x), (r1[x + 1], bottom + x + 1)] {
+                    best = take(best, tap);
+                }
+                (*v, *i) = (best.0, best.1 as i64);
+            }
+        }
+    }
+}
+
 /// The gradient of max pooling: each output gradient added at its window's argmax, one task
 /// per (image, channel) plane (planes are disjoint, so no two threads write the same place).
 /// `g` and `idx` are [planes, out_len]; the result is [planes, plane_len].
 pub fn max_pool2d_backward(
     g: &CpuStorage,
     gl: &Layout,
-    idx: &[i64],
+    idx: &CpuStorage,
     planes: usize,
     plane_len: usize,
 ) -> Result<CpuStorage> {
+    let CpuData::I64(idx) = idx.data() else {
+        return Err(crate::Error::UnsupportedDType {
+            op: "max_pool2d_backward",
+            dtype: idx.dtype(),
+            msg: "indices must be I64",
+        });
+    };
     fn go<T: Float>(g: &[T], idx: &[i64], planes: usize, plane_len: usize) -> Vec<T> {
         let mut out = super::zeroed::<T>(planes * plane_len);
         let out_len = g.len() / planes.max(1);
