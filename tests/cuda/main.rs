@@ -7,6 +7,7 @@ use kiln::backend::cuda::{emu::EmuLauncher, kernels, nvrtc, probe};
 use kiln::backend::{BinaryOp, ReduceOp, UnaryOp};
 use kiln::{DType, Device, Layout, Shape, Tensor};
 
+mod blas;
 mod conv;
 mod index;
 mod launch_shape;

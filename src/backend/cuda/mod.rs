@@ -2,6 +2,7 @@
 //! absent) and describing the GPUs; the kernels in `kernels/` and their launch path come next
 //! (see the CUDA issue's notes).
 
+pub mod blas;
 pub mod emu;
 pub mod kernels;
 pub mod kernels_conv;
