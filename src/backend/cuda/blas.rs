@@ -402,8 +402,9 @@ fn zero_fill(
 /// broadcast) and, for F16/BF16, when k = 0 (4 bytes).
 ///
 /// Batch dims become a single strided-batched call when they merge into one stride per
-/// operand, broadcast dims included (stride 0 for A or B: cuBLAS allows it, it reads the
-/// same matrix for every product; C's stride is never 0). Otherwise the largest merged dim
+/// operand, broadcast dims included (stride 0 for A or B: cuBLAS allows it and reads the
+/// same matrix for every product, as NVIDIA's MatX relies on, NVIDIA/MatX#474; C's stride is
+/// never 0 here, and check_call refuses overlapping C matrices). Otherwise the largest merged dim
 /// is batched and the others looped over. When b is broadcast over the batch and the batch
 /// of `a` is a single tall row-major (or column-major) matrix, the batch is folded into m:
 /// one plain GEMM. Empty results do nothing; k = 0 zero-fills c.
