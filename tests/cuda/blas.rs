@@ -313,6 +313,15 @@ fn batches_collapse_to_one_strided_call_with_broadcast_stride_zero() {
         let i = product("broadcast b", dt, (&a, &[2, 3, m, k]), id, (&b[..k * n], &[k, n]), id);
         assert_eq!(i.calls.len(), 1);
         assert_eq!((i.calls[0].batch, i.calls[0].n, i.calls[0].m), (1, 6 * m, n));
+        // b broadcast along the inner batch dim only: that dim folds into m, the outer one is
+        // the strided batch.
+        let i = product("broadcast b inner", dt, (&a, &[2, 3, m, k]), id, (&b[..2 * k * n], &[2, 1, k, n]), id);
+        assert_eq!(i.calls.len(), 1);
+        let c = i.calls[0];
+        assert_eq!(
+            (c.batch, c.n, c.stride_b, c.stride_a, c.stride_c),
+            (2, 3 * m, (3 * m * k) as i64, (k * n) as i64, (3 * m * n) as i64)
+        );
         // b broadcast, a transposed per batch: no fold possible, one call with stride 0.
         let i = product("broadcast b, a transposed", dt, (&a, &[6, k, m]), t, (&b[..k * n], &[k, n]), id);
         assert_eq!(i.calls.len(), 1);
@@ -629,4 +638,23 @@ fn host_blas_follows_the_column_major_definition() {
             }
         }
     }
+}
+
+#[test]
+fn matmul_refuses_bad_shapes_and_dtypes() {
+    let x = vec![0f32; 64];
+    let p = x.as_ptr() as u64;
+    let l = |d: &[usize]| Layout::contiguous(Shape::new(d.to_vec()));
+    let mut none = |_: usize| -> kiln::Result<u64> { panic!("no scratch expected") };
+    let mm = |dt: DType, la: &Layout, lb: &Layout, none: &mut dyn FnMut(usize) -> kiln::Result<u64>| {
+        blas::matmul(&HostBlas, &NoKernels, none, dt, p, la, p, lb, p)
+    };
+    for (la, lb) in
+        [(l(&[2, 3]), l(&[4, 2])), (l(&[2, 2, 3]), l(&[3, 3, 2])), (l(&[3]), l(&[3])), (l(&[2, 3]), l(&[1, 3, 2]))]
+    {
+        let e = mm(DType::F32, &la, &lb, &mut none);
+        assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{la:?} {lb:?}: {e:?}");
+    }
+    let e = mm(DType::F64, &l(&[2, 3]), &l(&[3, 2]), &mut none);
+    assert!(matches!(e, Err(Error::UnsupportedDType { .. })), "{e:?}");
 }
