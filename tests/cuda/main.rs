@@ -8,6 +8,7 @@ use kiln::backend::{BinaryOp, ReduceOp, UnaryOp};
 use kiln::{DType, Device, Layout, Shape, Tensor};
 
 mod alloc;
+mod blas;
 mod conv;
 mod index;
 mod launch_shape;

@@ -1,13 +1,18 @@
 //! Every tensor op, forward and backward, on the emulated CUDA device (CUDA storage, the real
 //! launch code and kernels, host memory standing in for the GPU's) against the CPU
 //! reference: random inputs, broadcast and non-contiguous views, sizes that are not
-//! multiples of the block size, tolerances per dtype. The same tests run on a real GPU by
-//! switching `dev()` once Device::cuda(0) works.
+//! multiples of the block size, tolerances per dtype. On a GPU machine,
+//! `KILN_TEST_DEVICE=cuda:0` runs the same tests on the real GPU.
 
 use kiln::{Conv2dOptions, DType, Device, Result, Tensor};
 
 fn dev() -> Device {
-    Device::CudaEmulated
+    match std::env::var("KILN_TEST_DEVICE").ok().as_deref().and_then(|d| d.strip_prefix("cuda:")) {
+        Some(n) => {
+            Device::cuda(n.parse().expect("KILN_TEST_DEVICE=cuda:N")).expect("the GPU named by KILN_TEST_DEVICE")
+        }
+        None => Device::CudaEmulated,
+    }
 }
 
 fn tol(dtype: DType) -> f64 {

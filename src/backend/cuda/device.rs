@@ -7,6 +7,7 @@
 //! op's real launch code runs in CI. It is a test device; `Device::best()` never picks it.
 
 use super::alloc::{CachingAllocator, DeviceBuf, GpuMemory, HostMemory};
+use super::blas::{Blas, Cublas, HostBlas};
 use super::emu::EmuLauncher;
 use super::gpu::GpuLauncher;
 use super::launch::Launcher;
@@ -20,6 +21,8 @@ pub struct CudaDev {
     device: Device,
     alloc: Arc<CachingAllocator>,
     launcher: Box<dyn Launcher + Send + Sync>,
+    /// cuBLAS on a GPU; on the emulated device, the same GEMM semantics on the host.
+    blas: Box<dyn Blas>,
     /// The GPU's context (None on the emulated device), made current before each copy.
     ctx: Option<Arc<CudaContext>>,
 }
@@ -42,6 +45,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
             device,
             alloc: CachingAllocator::new(Box::new(HostMemory::new())),
             launcher: Box::new(EmuLauncher),
+            blas: Box::new(HostBlas),
             ctx: None,
         }),
         Device::Cuda(n) => {
@@ -53,6 +57,8 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
                 device,
                 alloc: CachingAllocator::new(Box::new(GpuMemory::new(n)?)),
                 launcher: Box::new(launcher),
+                // TF32 stays off: f32 matmuls give f32 results unless a user asks otherwise.
+                blas: Box::new(Cublas::new(n, false)?),
                 ctx: Some(ctx),
             });
             self_test(&dev)?;
@@ -92,6 +98,9 @@ impl CudaDev {
     }
     pub fn launcher(&self) -> &dyn Launcher {
         self.launcher.as_ref()
+    }
+    pub fn blas(&self) -> &dyn Blas {
+        self.blas.as_ref()
     }
     pub fn allocator(&self) -> &Arc<CachingAllocator> {
         &self.alloc

@@ -3,6 +3,7 @@
 //! (see the CUDA issue's notes).
 
 pub mod alloc;
+pub mod blas;
 pub mod device;
 pub mod emu;
 pub mod gpu;

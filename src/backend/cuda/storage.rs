@@ -10,7 +10,7 @@
 
 use super::alloc::DeviceBuf;
 use super::device::CudaDev;
-use super::{kernels, kernels_nn, kernels_train};
+use super::{blas, kernels, kernels_nn, kernels_train};
 use crate::backend::cpu::{CpuData, CpuStorage};
 use crate::backend::{AdamStep, BinaryOp, ReduceOp, UnaryOp};
 use crate::{DType, Device, Error, Layout, Result};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// The families that still compute on the host (see the module docs).
 pub const HOST_PATH: &[&str] = &[
-    "matmul",
+    "conv2d (fused conv/ReLU/pool op)",
     "where",
     "argmax/argmin",
     "index_select",
@@ -234,6 +234,29 @@ pub fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: Bi
     if la.elem_count() > 0 {
         kernels::binary(a.launcher(), a.dtype, op, a.ptr(), la, b.ptr(), lb, out.ptr())?;
     }
+    Ok(out)
+}
+
+/// `a @ b` over the last two dims (batch dims already broadcast to the same shape), through
+/// cuBLAS (on the emulated device: the same GEMM calls on the host), into a contiguous
+/// [batch.., m, n]. Views that cuBLAS cannot read directly are copied into scratch memory,
+/// kept until the call returns.
+pub fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> Result<CudaStorage> {
+    if !has_kernels(a.dtype) {
+        return host("host:matmul", || upload(a, crate::backend::cpu::matmul(&on_cpu(a)?, la, &on_cpu(b)?, lb)?));
+    }
+    let r = la.dims().len();
+    // [batch.., m] of a, times n of b.
+    let n_out = la.dims()[..r - 1].iter().product::<usize>() * lb.dims()[r - 1];
+    let out = a.new_like(a.dtype, n_out)?;
+    let mut keep: Vec<DeviceBuf> = Vec::new();
+    let mut scratch = |bytes: usize| -> Result<u64> {
+        let buf = a.dev.alloc(bytes)?;
+        let p = buf.ptr();
+        keep.push(buf);
+        Ok(p)
+    };
+    blas::matmul(a.dev.blas(), a.launcher(), &mut scratch, a.dtype, a.ptr(), la, b.ptr(), lb, out.ptr())?;
     Ok(out)
 }
 
