@@ -41,13 +41,18 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
         return Ok(d.clone());
     }
     let dev = match device {
-        Device::CudaEmulated => Arc::new(CudaDev {
-            device,
-            alloc: CachingAllocator::new(Box::new(HostMemory::new())),
-            launcher: Box::new(EmuLauncher),
-            blas: Box::new(HostBlas),
-            ctx: None,
-        }),
+        Device::CudaEmulated => {
+            let dev = Arc::new(CudaDev {
+                device,
+                alloc: CachingAllocator::new(Box::new(HostMemory::new())),
+                launcher: Box::new(EmuLauncher),
+                blas: Box::new(HostBlas),
+                ctx: None,
+            });
+            // The same self-test as a GPU's, so the test itself is checked in CI.
+            self_test(&dev)?;
+            dev
+        }
         Device::Cuda(n) => {
             // Everything runs on the legacy default stream for now: launches and the
             // synchronous copies are then ordered without events.
@@ -87,6 +92,33 @@ fn self_test(dev: &Arc<CudaDev>) -> Result<()> {
         return Err(Error::DeviceUnavailable {
             device: dev.device,
             msg: format!("self-test failed: negating [1.5, -2, 3.25] on the GPU gave {got:?}"),
+        });
+    }
+    // And one GEMM through cuBLAS: [[1, 2, 3]] @ [[1], [-2], [3]]ᵀ-as-column = 1 - 4 + 9 = 6,
+    // with b a transposed view (the trans-flag path).
+    let one_row = crate::Layout::contiguous(crate::Shape::new(vec![1, 3]));
+    let col = crate::Layout::new(crate::Shape::new(vec![3, 1]), vec![1, 3], 0);
+    let xs: Vec<u8> = [1.0f32, 2.0, 3.0, 1.0, -2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (ab, c) = (dev.alloc(24)?, dev.alloc(4)?);
+    dev.htod(ab.ptr(), &xs)?;
+    let mut none = |_: usize| -> Result<u64> { Err(Error::invalid("self-test", "no scratch needed")) };
+    super::blas::matmul(
+        dev.blas(),
+        dev.launcher(),
+        &mut none,
+        crate::DType::F32,
+        ab.ptr(),
+        &one_row,
+        ab.ptr() + 12,
+        &col,
+        c.ptr(),
+    )?;
+    let mut back = [0u8; 4];
+    dev.dtoh(c.ptr(), &mut back)?;
+    if f32::from_le_bytes(back) != 6.0 {
+        return Err(Error::DeviceUnavailable {
+            device: dev.device,
+            msg: format!("self-test failed: a 1x3 @ 3x1 cuBLAS product gave {} instead of 6", f32::from_le_bytes(back)),
         });
     }
     Ok(())
