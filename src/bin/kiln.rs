@@ -335,20 +335,12 @@ fn train(a: TrainArgs) -> Result<()> {
         histogram_every: a.histogram_every,
         profile: a.profile,
         workers: a.workers,
+        devices: a.devices,
         max_steps: a.max_steps,
         dist_timeout_s: a.dist_timeout,
         bucket_mb: a.bucket_mb,
         save_every_rank: a.save_every_rank,
     };
-    if !a.devices.is_empty() {
-        // NCCL is ready (kiln::dist::nccl) but the model would live on the CPU: say so
-        // rather than train there behind the user's back.
-        anyhow::bail!(
-            "--devices {:?}: data-parallel training on GPUs needs CUDA tensors, which this build does not have yet; \
-             use --workers N for CPU workers",
-            a.devices
-        );
-    }
     let s = match kiln::dist::DistEnv::from_env()? {
         Some(env) if env.world_size > 1 => {
             anyhow::ensure!(

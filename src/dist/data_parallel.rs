@@ -186,6 +186,9 @@ fn write_f32(t: &Tensor, src: &[f32]) -> Result<()> {
             }
             _ => Err(Error::invalid("DataParallel", "parameters must be contiguous f32")),
         },
-        Storage::Cuda(_) => Err(Error::DeviceMismatch { op: "DataParallel", lhs: t.device(), rhs: crate::Device::Cpu }),
+        Storage::Cuda(s) => match layout.contiguous_range() {
+            Some(r) if s.dtype() == DType::F32 => s.write_f32(r.start, src),
+            _ => Err(Error::invalid("DataParallel", "parameters must be contiguous f32")),
+        },
     }
 }

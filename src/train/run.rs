@@ -42,6 +42,10 @@ pub struct RunConfig {
     /// stays the global batch: each worker trains on its share of every batch.
     #[serde(default = "one")]
     pub workers: usize,
+    /// Data-parallel over these GPUs of this process, one worker thread and one NCCL rank
+    /// each (empty: not used). `batch_size` stays the global batch.
+    #[serde(default)]
+    pub devices: Vec<usize>,
     /// Stop after this many optimizer steps (the checkpoint and summary are still written).
     #[serde(default)]
     pub max_steps: Option<usize>,
@@ -105,6 +109,7 @@ impl Default for RunConfig {
             histogram_every: 0,
             profile: false,
             workers: 1,
+            devices: Vec::new(),
             max_steps: None,
             dist_timeout_s: default_timeout(),
             bucket_mb: default_bucket_mb(),
@@ -174,7 +179,32 @@ pub fn peak_rss_bytes() -> u64 {
 /// many data-parallel worker threads. Randomness (initialisation, dropout) comes from a
 /// generator of the run's own, seeded by `cfg.seed`: runs on other threads do not disturb it.
 pub fn run(cfg: &RunConfig, device: Device) -> Result<Summary> {
-    let summaries = if cfg.workers > 1 {
+    let summaries = if !cfg.devices.is_empty() {
+        if cfg.workers > 1 {
+            return Err(Error::invalid("train", "--workers (CPU threads) and --devices (GPUs) exclude each other"));
+        }
+        // Check every GPU first (a clear error, not a failure inside a worker).
+        for &d in &cfg.devices {
+            Device::cuda(d)?;
+        }
+        let comms = crate::dist::nccl::NcclComm::for_devices(&cfg.devices)?;
+        let results: Vec<Result<Option<Summary>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .zip(&cfg.devices)
+                .map(|(comm, &d)| s.spawn(move || run_distributed(cfg, Device::Cuda(d), Box::new(comm))))
+                .collect();
+            hs.into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::dist(rank, crate::DistErrorKind::WorkerFailed, "GPU worker panicked"))
+                    })
+                })
+                .collect()
+        });
+        crate::dist::threads::first_cause(results)?
+    } else if cfg.workers > 1 {
         crate::dist::run_workers(cfg.workers, cfg.dist_timeout(), |_, comm| run_distributed(cfg, device, comm))?
     } else {
         vec![crate::rng::scoped(cfg.seed, || run_seeded(cfg, device, None))?]

@@ -140,3 +140,14 @@ fn a_killed_rank_makes_the_other_fail_promptly() {
     // Far inside the 30 s timeout: the closed socket is noticed at once.
     assert!(killed.elapsed() < Duration::from_secs(10), "rank 0 took {:?}", killed.elapsed());
 }
+
+#[test]
+fn devices_without_a_gpu_is_a_clear_error() {
+    if kiln::backend::cuda::device_count() > 0 {
+        return; // On a GPU machine the GPU validation runs `kiln train --devices 0` instead.
+    }
+    let dir = TempDir::new("dist-devices");
+    let cfg = RunConfig { devices: vec![0], ..run_config(&dir.0, 1) };
+    let err = kiln::train::run(&cfg, Device::Cpu).unwrap_err();
+    assert!(matches!(err, kiln::Error::DeviceUnavailable { .. }), "{err}");
+}

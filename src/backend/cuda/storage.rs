@@ -149,6 +149,18 @@ impl CudaStorage {
         Ok(out)
     }
 
+    /// Overwrites f32 elements `start..start + src.len()` from the host.
+    pub fn write_f32(&mut self, start: usize, src: &[f32]) -> Result<()> {
+        if self.dtype != DType::F32 || start + src.len() > self.len {
+            return Err(Error::invalid(
+                "cuda write_f32",
+                format!("{} f32s at {start} into a {:?} buffer of {}", src.len(), self.dtype, self.len),
+            ));
+        }
+        let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.dev.htod(self.at(start), &bytes)
+    }
+
     fn new_like(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
         CudaStorage::uninit(&self.dev, dtype, len)
     }
