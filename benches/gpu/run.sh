@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root (after benches/gpu/prepare.sh here):
+# every CUDA op against the CPU on the real GPU, compute-sanitizer over the kernels, NCCL,
+# and the training paths. Output goes to $OUT (or /tmp) for docs/gpu-validation.md.
+set -uo pipefail
+out=${OUT:-/tmp}
+export VIRTUAL_ENV=${VIRTUAL_ENV:-/opt/torch/.venv}   # NVRTC, cuBLAS, NCCL from PyTorch's wheels
+export KILN_CACHE_DIR=$out/kiln-cache
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+gpu-bin/kiln info | tee "$out/info.txt"
+echo "== every op on the GPU vs the CPU"
+KILN_TEST_DEVICE=cuda:0 gpu-bin/cuda --test-threads 4 2>&1 | tee "$out/cuda-tests.txt" | tail -5
+echo "== NCCL and data-parallel"
+gpu-bin/dist --test-threads 2 2>&1 | tee "$out/dist-tests.txt" | tail -5
+echo "== compute-sanitizer over the ops tests"
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$sanitizer" ]; then
+    KILN_TEST_DEVICE=cuda:0 "$sanitizer" --tool memcheck --error-exitcode 9 gpu-bin/cuda ops:: --test-threads 1 \
+        > "$out/sanitizer.txt" 2>&1; echo "compute-sanitizer exit $?" | tee -a "$out/sanitizer.txt"
+fi
+echo "== training"
+gpu-bin/kiln train --device cuda:0 --quiet --epochs 3 --out "$out/run-gpu" 2>&1 | tail -1 | tee "$out/train-gpu.txt"
+gpu-bin/kiln train --device cpu --quiet --epochs 3 --out "$out/run-cpu" 2>&1 | tail -1 | tee "$out/train-cpu.txt"
+gpu-bin/kiln train --devices 0 --quiet --epochs 3 --out "$out/run-devices" 2>&1 | tail -1 | tee "$out/train-devices.txt"
