@@ -347,8 +347,21 @@ fn train(a: TrainArgs) -> Result<()> {
                 cfg.workers <= 1,
                 "--workers cannot be combined with a multi-process launch (RANK/WORLD_SIZE set)"
             );
-            let comm = kiln::dist::tcp::connect(&env, &cfg.shared_settings(), cfg.dist_timeout())?;
-            match kiln::train::run_distributed(&cfg, device, Box::new(comm))? {
+            // One process per GPU: a process on a GPU uses the GPU of its LOCAL_RANK and NCCL;
+            // CPU processes use the TCP ring.
+            let (device, comm): (Device, Box<dyn kiln::dist::Communicator>) = if device.is_cuda() {
+                let gpu = Device::cuda(env.local_rank)?;
+                let comm = kiln::dist::nccl::NcclComm::from_env(
+                    &env,
+                    env.local_rank,
+                    &cfg.shared_settings(),
+                    cfg.dist_timeout(),
+                )?;
+                (gpu, Box::new(comm))
+            } else {
+                (device, Box::new(kiln::dist::tcp::connect(&env, &cfg.shared_settings(), cfg.dist_timeout())?))
+            };
+            match kiln::train::run_distributed(&cfg, device, comm)? {
                 Some(s) => s,
                 None => {
                     tracing::info!(rank = env.rank, "rank done");
