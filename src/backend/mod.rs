@@ -175,18 +175,14 @@ impl Storage {
         let _p = crate::profile::scope("index_select");
         match self {
             Storage::Cpu(s) => cpu::index_select(s, l, dim, idx).map(Storage::Cpu),
-            Storage::Cuda(s) => cu::host("host:index_select", || {
-                upload(s, cpu::index_select(&on_cpu(s)?, l, dim, idx)?).map(Storage::Cuda)
-            }),
+            Storage::Cuda(s) => cu::index_select(s, l, dim, idx).map(Storage::Cuda),
         }
     }
     pub fn index_add(&self, l: &Layout, dim: usize, idx: &[i64], src: &Storage, sl: &Layout) -> Result<Storage> {
         let _p = crate::profile::scope("index_add");
         match (self, src) {
             (Storage::Cpu(b), Storage::Cpu(s)) => cpu::index_add(b, l, dim, idx, s, sl).map(Storage::Cpu),
-            (Storage::Cuda(b), Storage::Cuda(s)) => cu::host("host:index_add", || {
-                upload(b, cpu::index_add(&on_cpu(b)?, l, dim, idx, &on_cpu(s)?, sl)?).map(Storage::Cuda)
-            }),
+            (Storage::Cuda(b), Storage::Cuda(s)) => cu::index_add(b, l, dim, idx, s, sl).map(Storage::Cuda),
             (b, s) => Err(mixed("index_add", b.device(), s.device())),
         }
     }
@@ -212,9 +208,7 @@ impl Storage {
         let _p = crate::profile::scope("scatter_add");
         match (self, src) {
             (Storage::Cpu(b), Storage::Cpu(s)) => cpu::scatter_add(b, l, dim, index, n, s, sl).map(Storage::Cpu),
-            (Storage::Cuda(b), Storage::Cuda(s)) => cu::host("host:scatter_add", || {
-                upload(b, cpu::scatter_add(&on_cpu(b)?, l, dim, index, n, &on_cpu(s)?, sl)?).map(Storage::Cuda)
-            }),
+            (Storage::Cuda(b), Storage::Cuda(s)) => cu::scatter_add(b, l, dim, index, n, s, sl).map(Storage::Cuda),
             (b, s) => Err(mixed("scatter_add", b.device(), s.device())),
         }
     }

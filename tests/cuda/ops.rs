@@ -233,6 +233,16 @@ fn indexing_ops() {
     check("gather", &[x.clone(), gi.clone()], |v| v[0].gather(1, &v[1]));
     let s = randn(&[12, 2], DType::F32, 20);
     check("scatter_add", &[x.clone(), gi, s], |v| v[0].scatter_add(1, &v[1], &v[2]));
+    check("index_select of a transposed view", &[x.clone(), idx.clone()], |v| v[0].t()?.index_select(1, &v[1]));
+    check(
+        "index_select of I64 labels",
+        &[Tensor::arange(0.0, 12.0, 1.0, DType::I64, Device::Cpu).unwrap(), idx],
+        |v| v[0].index_select(0, &v[1]),
+    );
+    // An index out of range is reported by the kernel as the CPU reports it.
+    let bad = Tensor::from_vec(vec![1i64, 12], [2], dev()).unwrap();
+    let err = x.to_device(dev()).unwrap().index_select(0, &bad).unwrap_err();
+    assert!(matches!(err, kiln::Error::IndexOutOfRange { index: 12, size: 12, .. }), "{err}");
 }
 
 #[test]

@@ -2,11 +2,12 @@
 //! (the CPU side is in backend/cpu; `Storage` in backend/mod.rs dispatches between them).
 //!
 //! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
-//! copies and casts, sum/max/min reductions, softmax, fused cross-entropy, fused Adam).
+//! copies and casts, sum/max/min reductions, softmax, fused cross-entropy, fused Adam,
+//! index_select/gather/index_add/scatter_add), and matmul goes to cuBLAS.
 //! The others still take the host path: copy to the CPU, run the CPU reference, copy back.
 //! That is correct (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the
-//! profiler shows them as `host:<op>`. Kernels for most of them exist (kernels_nn.rs,
-//! kernels_conv.rs) and replace the host path family by family.
+//! profiler shows them as `host:<op>`. Kernels for most of them exist (kernels_conv.rs,
+//! kernels_train.rs) and replace the host path family by family.
 
 use super::alloc::DeviceBuf;
 use super::device::CudaDev;
@@ -22,10 +23,7 @@ pub const HOST_PATH: &[&str] = &[
     "conv2d (fused conv/ReLU/pool op)",
     "where",
     "argmax/argmin",
-    "index_select",
-    "index_add",
-    "gather",
-    "scatter_add",
+    "index_add, scatter_add (f16/bf16: no half atomics)",
     "im2col",
     "col2im",
     "max_pool2d",
@@ -246,6 +244,102 @@ pub fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: Bi
     if la.elem_count() > 0 {
         kernels::binary(a.launcher(), a.dtype, op, a.ptr(), la, b.ptr(), lb, out.ptr())?;
     }
+    Ok(out)
+}
+
+/// I64 indices on the device, and a zeroed status buffer for the index kernels' report of
+/// an index out of range.
+fn index_buffers(like: &CudaStorage, idx: &[i64]) -> Result<(CudaStorage, CudaStorage)> {
+    let i = from_cpu_on(like.device(), &CpuStorage::from_vec(idx.to_vec()))?;
+    let status = from_cpu_on(like.device(), &CpuStorage::from_vec(vec![0i64; kernels_nn::INDEX_STATUS_WORDS]))?;
+    Ok((i, status))
+}
+
+/// The index kernels' status: an error naming the first bad index, if any.
+fn check_status(op: &'static str, status: &CudaStorage, size: usize) -> Result<()> {
+    let words = status.to_cpu()?.to_vec::<i64>(&Layout::contiguous(crate::Shape::new(vec![status.len()])));
+    kernels_nn::index_status(op, [words[0] as u64, words[1] as u64], size)
+}
+
+/// Rows (along `dim`) of `s` picked by `idx`: contiguous, `dim` resized to idx.len().
+pub fn index_select(s: &CudaStorage, l: &Layout, dim: usize, idx: &[i64]) -> Result<CudaStorage> {
+    let n_out = l.elem_count() / l.dims()[dim].max(1) * idx.len();
+    if !(has_kernels(s.dtype) || s.dtype == DType::I64) || n_out == 0 || l.dims()[dim] == 0 {
+        return host("host:index_select", || upload(s, crate::backend::cpu::index_select(&on_cpu(s)?, l, dim, idx)?));
+    }
+    let (i, status) = index_buffers(s, idx)?;
+    let out = s.new_like(s.dtype, n_out)?;
+    kernels_nn::index_select(s.launcher(), s.dtype, s.ptr(), l, dim, i.ptr(), idx.len(), out.ptr(), status.ptr())?;
+    check_status("index_select", &status, l.dims()[dim])?;
+    Ok(out)
+}
+
+/// out[.., j, ..] = s[.., index[.., j, ..], ..] along `dim`; `index` is row-major with the
+/// dims of `s` except `n` along `dim`.
+pub fn gather(s: &CudaStorage, l: &Layout, dim: usize, index: &[i64], n: usize) -> Result<CudaStorage> {
+    if !(has_kernels(s.dtype) || s.dtype == DType::I64) || index.is_empty() || l.dims()[dim] == 0 {
+        return host("host:gather", || upload(s, crate::backend::cpu::gather(&on_cpu(s)?, l, dim, index, n)?));
+    }
+    let mut dims = l.dims().to_vec();
+    dims[dim] = n;
+    let (i, status) = index_buffers(s, index)?;
+    let out = s.new_like(s.dtype, index.len())?;
+    kernels_nn::gather(s.launcher(), s.dtype, s.ptr(), l, dim, i.ptr(), &dims, out.ptr(), status.ptr())?;
+    check_status("gather", &status, l.dims()[dim])?;
+    Ok(out)
+}
+
+/// A contiguous copy of `base` with `src` added at `idx` along `dim` (f32: the kernel adds
+/// with atomics, which exist for f32 only).
+pub fn index_add(
+    base: &CudaStorage,
+    l: &Layout,
+    dim: usize,
+    idx: &[i64],
+    src: &CudaStorage,
+    sl: &Layout,
+) -> Result<CudaStorage> {
+    if base.dtype != DType::F32 || sl.elem_count() == 0 {
+        return host("host:index_add", || {
+            upload(base, crate::backend::cpu::index_add(&on_cpu(base)?, l, dim, idx, &on_cpu(src)?, sl)?)
+        });
+    }
+    let out = to_contiguous_as(base, l, base.dtype)?;
+    let (i, status) = index_buffers(base, idx)?;
+    kernels_nn::index_add(base.launcher(), base.dtype, out.ptr(), l.dims(), dim, i.ptr(), src.ptr(), sl, status.ptr())?;
+    check_status("index_add", &status, l.dims()[dim])?;
+    Ok(out)
+}
+
+/// A contiguous copy of `base` with `src` added at `index` along `dim` (f32 only, as above).
+pub fn scatter_add(
+    base: &CudaStorage,
+    l: &Layout,
+    dim: usize,
+    index: &[i64],
+    n: usize,
+    src: &CudaStorage,
+    sl: &Layout,
+) -> Result<CudaStorage> {
+    if base.dtype != DType::F32 || sl.elem_count() == 0 {
+        return host("host:scatter_add", || {
+            upload(base, crate::backend::cpu::scatter_add(&on_cpu(base)?, l, dim, index, n, &on_cpu(src)?, sl)?)
+        });
+    }
+    let out = to_contiguous_as(base, l, base.dtype)?;
+    let (i, status) = index_buffers(base, index)?;
+    kernels_nn::scatter_add(
+        base.launcher(),
+        base.dtype,
+        out.ptr(),
+        l.dims(),
+        dim,
+        i.ptr(),
+        src.ptr(),
+        sl,
+        status.ptr(),
+    )?;
+    check_status("scatter_add", &status, l.dims()[dim])?;
     Ok(out)
 }
 
