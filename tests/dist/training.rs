@@ -119,6 +119,8 @@ fn a_killed_rank_makes_the_other_fail_promptly() {
             .env("WORLD_SIZE", "2")
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            // The test waits for an INFO line, whatever the caller's RUST_LOG says.
+            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
