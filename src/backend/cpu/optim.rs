@@ -25,25 +25,36 @@ fn go<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamStep) {
     let inv_bc2_sqrt = c(1.0 / (1.0 - h.beta2.powf(h.step)).sqrt());
     let decay = c(1.0 - h.lr * h.weight_decay);
     let decoupled = h.decoupled;
-    let update = |(((p, &g), m), v): (((&mut T, &T), &mut T), &mut T)| {
-        let mut g = g;
+    // Plain indexed loops over chunks, the branch hoisted out, so the compiler vectorises
+    // them (a rayon zip of four iterators runs element by element: 2x slower here). The
+    // arithmetic, and so every bit of the result, is unchanged.
+    let run = |p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]| {
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
         if decoupled {
-            *p = *p * decay;
+            for i in 0..n {
+                p[i] = p[i] * decay;
+                m[i] = m[i] + (g[i] - m[i]) * one_m_b1;
+                v[i] = v[i] * b2 + g[i] * g[i] * one_m_b2;
+                p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+            }
         } else {
-            g = g + wd * *p;
+            for i in 0..n {
+                let gi = g[i] + wd * p[i];
+                m[i] = m[i] + (gi - m[i]) * one_m_b1;
+                v[i] = v[i] * b2 + gi * gi * one_m_b2;
+                p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+            }
         }
-        *m = *m + (g - *m) * one_m_b1;
-        *v = *v * b2 + g * g * one_m_b2;
-        *p = *p - step_size * *m / ((*v).sqrt() * inv_bc2_sqrt + eps);
     };
     if p.len() < super::PAR_THRESHOLD {
-        p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()).for_each(update);
+        run(p, g, m, v);
     } else {
-        p.par_iter_mut()
-            .zip(g.par_iter())
-            .zip(m.par_iter_mut())
-            .zip(v.par_iter_mut())
-            .with_min_len(4096)
-            .for_each(update);
+        const CHUNK: usize = 16 * 1024;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| run(p, g, m, v));
     }
 }
