@@ -139,6 +139,21 @@ pub struct Window2d {
 }
 
 impl Window2d {
+    /// Errors unless kernel, stride and dilation are all positive (the one check every
+    /// window op, on every backend, makes before trusting these numbers).
+    pub fn check_positive(&self, op: &'static str) -> crate::Result<()> {
+        let zero = |p: (usize, usize)| p.0 == 0 || p.1 == 0;
+        if zero(self.kernel) || zero(self.stride) || zero(self.dilation) {
+            return Err(crate::Error::invalid(
+                op,
+                format!(
+                    "kernel {:?}, stride {:?} and dilation {:?} must be positive",
+                    self.kernel, self.stride, self.dilation
+                ),
+            ));
+        }
+        Ok(())
+    }
     /// Output extent along one axis, or None when the window does not fit.
     pub fn out_len(input: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
         let span = dil * (kernel - 1) + 1;

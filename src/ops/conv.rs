@@ -45,13 +45,7 @@ impl Tensor {
                 msg: "input must be [batch, channels, height, width]".into(),
             });
         }
-        let zero = |p: (usize, usize)| p.0 == 0 || p.1 == 0;
-        if zero(w.kernel) || zero(w.stride) || zero(w.dilation) {
-            return Err(Error::invalid(
-                op,
-                format!("kernel {:?}, stride {:?} and dilation {:?} must be positive", w.kernel, w.stride, w.dilation),
-            ));
-        }
+        w.check_positive(op)?;
         w.out_hw(self.dims()[2], self.dims()[3]).filter(|&(h, w)| h > 0 && w > 0).ok_or_else(|| Error::InvalidShape {
             op,
             shape: self.shape().clone(),

@@ -41,13 +41,7 @@ impl Window2dArgs {
                 msg: "input must be [batch, channels, height, width]".into(),
             });
         }
-        let zero = |p: (usize, usize)| p.0 == 0 || p.1 == 0;
-        if zero(w.kernel) || zero(w.stride) || zero(w.dilation) {
-            return Err(Error::invalid(
-                op,
-                format!("kernel {:?}, stride {:?} and dilation {:?} must be positive", w.kernel, w.stride, w.dilation),
-            ));
-        }
+        w.check_positive(op)?;
         let (oh, ow) =
             w.out_hw(x_dims[2], x_dims[3]).filter(|&(h, w)| h > 0 && w > 0).ok_or_else(|| Error::InvalidShape {
                 op,
