@@ -201,9 +201,48 @@ fn bench_elementwise(c: &mut Criterion) {
     group.finish();
 }
 
+/// The small ops of an MLP 784-256-256-10 training step at batch 128, besides its GEMMs:
+/// the Adam update of all 269k parameters (fused, one pass), the bias gradient (sum over
+/// the batch), bias add, ReLU, and softmax cross-entropy forward + backward.
+fn bench_step_ops(c: &mut Criterion) {
+    use kiln::optim::{Adam, Optimizer};
+    let mut group = c.benchmark_group("step_ops");
+    group.sample_size(20).measurement_time(Duration::from_secs(2));
+    let shapes: [&[usize]; 6] = [&[784, 256], &[256], &[256, 256], &[256], &[256, 10], &[10]];
+    let params: Vec<Tensor> = shapes.iter().map(|s| randn(s).requires_grad_().expect("param")).collect();
+    let n: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    // A gradient for every parameter, from one backward of their plain sum.
+    params
+        .iter()
+        .map(|p| p.sum(&[], false).expect("sum"))
+        .reduce(|a, b| a.add(&b).expect("add"))
+        .expect("loss")
+        .backward()
+        .expect("backward");
+    let mut adam = Adam::simple(params.clone(), 1e-3);
+    // Reads p, g, m, v and writes p, m, v.
+    group.throughput(Throughput::Bytes(7 * 4 * n as u64));
+    group.bench_function(BenchmarkId::new("adam_step", n), |b| b.iter(|| adam.step().expect("step")));
+    let h = randn(&[128, 256]);
+    let bias = randn(&[256]);
+    group.throughput(Throughput::Bytes(4 * 128 * 256));
+    group.bench_function("bias_grad_sum_128x256", |b| {
+        kiln::no_grad(|| b.iter(|| black_box(h.sum(&[0], false).expect("sum"))))
+    });
+    group.bench_function("bias_add_128x256", |b| kiln::no_grad(|| b.iter(|| black_box(h.add(&bias).expect("add")))));
+    group.bench_function("relu_128x256", |b| kiln::no_grad(|| b.iter(|| black_box(h.relu().expect("relu")))));
+    let logits = randn(&[128, 10]).requires_grad_().expect("logits");
+    let labels =
+        Tensor::from_vec((0..128).map(|i| i % 10).collect::<Vec<i64>>(), vec![128], Device::Cpu).expect("labels");
+    group.bench_function("cross_entropy_fwd_bwd_128x10", |b| {
+        b.iter(|| logits.cross_entropy(&labels, 0.0).expect("ce").backward().expect("backward"))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1));
-    targets = bench_matmul_square, bench_matmul_mlp, bench_conv2d, bench_elementwise
+    targets = bench_matmul_square, bench_matmul_mlp, bench_conv2d, bench_elementwise, bench_step_ops
 }
 criterion_main!(benches);

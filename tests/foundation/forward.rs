@@ -175,6 +175,20 @@ fn reductions_match_naive() {
     let nb = Nd::of(&big);
     let want = naive_reduce(&nb, &[0], 0.0, |a, b| a + b);
     assert_close("large sum dim 0", &vec64(&big.sum(&[0], true).unwrap()), &want.data, 1e-4, 1e-5);
+    // Sums over leading dims add rows into column accumulators: two leading dims, and wide
+    // rows split into column blocks (one not a multiple of the block) on the parallel path.
+    for (shape, dims) in [(vec![3usize, 20, 30], vec![0usize, 1]), (vec![40, 2500], vec![0])] {
+        let x = rand_t(&shape, 8, DType::F32);
+        let want = naive_reduce(&Nd::of(&x), &dims, 0.0, |a, b| a + b);
+        let idims: Vec<isize> = dims.iter().map(|&d| d as isize).collect();
+        assert_close(
+            &format!("sum {shape:?} over {dims:?}"),
+            &vec64(&x.sum(&idims, true).unwrap()),
+            &want.data,
+            1e-4,
+            1e-5,
+        );
+    }
 }
 
 /// Naive batched matmul with broadcast batch dims, for rank >= 2 operands.

@@ -11,6 +11,7 @@ mod matmul;
 mod optim;
 mod pool;
 mod reduce;
+mod simd;
 mod softmax;
 mod strided;
 

@@ -26,26 +26,32 @@ fn go<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamStep) {
     let decay = c(1.0 - h.lr * h.weight_decay);
     let decoupled = h.decoupled;
     // Plain indexed loops over chunks, the branch hoisted out, so the compiler vectorises
-    // them (a rayon zip of four iterators runs element by element: 2x slower here). The
-    // arithmetic, and so every bit of the result, is unchanged.
+    // them (a rayon zip of four iterators runs element by element: 2x slower here), with
+    // 8-lane AVX2 where the CPU has it (`vectorize`). The arithmetic, and so every bit of
+    // the result, is unchanged.
     let run = |p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]| {
         let n = p.len().min(g.len()).min(m.len()).min(v.len());
         let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
-        if decoupled {
-            for i in 0..n {
-                p[i] = p[i] * decay;
-                m[i] = m[i] + (g[i] - m[i]) * one_m_b1;
-                v[i] = v[i] * b2 + g[i] * g[i] * one_m_b2;
-                p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
-            }
-        } else {
-            for i in 0..n {
-                let gi = g[i] + wd * p[i];
-                m[i] = m[i] + (gi - m[i]) * one_m_b1;
-                v[i] = v[i] * b2 + gi * gi * one_m_b2;
-                p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
-            }
-        }
+        super::simd::vectorize(
+            #[inline(always)]
+            || {
+                if decoupled {
+                    for i in 0..n {
+                        p[i] = p[i] * decay;
+                        m[i] = m[i] + (g[i] - m[i]) * one_m_b1;
+                        v[i] = v[i] * b2 + g[i] * g[i] * one_m_b2;
+                        p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+                    }
+                } else {
+                    for i in 0..n {
+                        let gi = g[i] + wd * p[i];
+                        m[i] = m[i] + (gi - m[i]) * one_m_b1;
+                        v[i] = v[i] * b2 + gi * gi * one_m_b2;
+                        p[i] = p[i] - step_size * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
+                    }
+                }
+            },
+        )
     };
     if p.len() < super::PAR_THRESHOLD {
         run(p, g, m, v);

@@ -2,6 +2,7 @@
 //! last; if that is not already contiguous it is copied once, then every output element
 //! reduces one contiguous run.
 
+use super::simd::vectorize;
 use super::{
     float_view, from_f32, to_contiguous_vec as contiguous, CpuData, CpuStorage, Float, FloatView, PAR_THRESHOLD,
 };
@@ -30,6 +31,18 @@ pub fn reduce(s: &CpuStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Resul
             ReduceOp::ArgMax => arg_best(r, |a, b| a > b),
             ReduceOp::ArgMin => arg_best(r, |a, b| a < b),
         }))));
+    }
+    // Sums over leading dims of a contiguous view (a bias gradient: [batch, features] summed
+    // over the batch) add whole rows into one accumulator row: vectorised, and no transposed
+    // copy. Each output still adds its inputs one by one in row order, so the bits are those
+    // of the general path. (Narrow rows, down to the sum of everything, stay on that path.)
+    let leading = !dims.is_empty() && dims.iter().enumerate().all(|(i, &d)| i == d);
+    if let (ReduceOp::Sum, true, Some(r)) = (op, leading && outer >= 16, l.contiguous_range()) {
+        match s.data() {
+            CpuData::F32(v) => return Ok(from_f32(column_sums(&v[r], inner, outer), s.dtype())),
+            CpuData::F64(v) => return Ok(CpuStorage::new(CpuData::F64(column_sums(&v[r], inner, outer)))),
+            _ => {}
+        }
     }
     Ok(match float_view(s, &pl, "reduce")? {
         FloatView::F32(v, pl) => {
@@ -67,6 +80,36 @@ fn reduce_float<T: Float>(data: &[T], outer: usize, inner: usize, op: ReduceOp) 
         ReduceOp::ArgMax => Reduced::Indices(rows(data, outer, inner, |r| arg_best(r, |a, b| a > b || a.is_nan()))),
         ReduceOp::ArgMin => Reduced::Indices(rows(data, outer, inner, |r| arg_best(r, |a, b| a < b || a.is_nan()))),
     }
+}
+
+/// The sums of the `cols` columns of a row-major `rows x cols` matrix, accumulated in f64 row
+/// after row (wide column blocks in parallel when large).
+fn column_sums<T: Float>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let block = |c0: usize, out: &mut [T]| {
+        let mut acc = vec![0f64; out.len()];
+        vectorize(
+            #[inline(always)]
+            || {
+                for r in 0..rows {
+                    let row = &data[r * cols + c0..][..acc.len()];
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        *a += WithDType::to_f64(x);
+                    }
+                }
+                for (o, &a) in out.iter_mut().zip(&acc) {
+                    *o = T::from_f64(a);
+                }
+            },
+        )
+    };
+    let mut out = vec![T::zero(); cols];
+    const BLOCK: usize = 1024;
+    if rows * cols < PAR_THRESHOLD || cols <= BLOCK {
+        block(0, &mut out);
+    } else {
+        out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, o)| block(i * BLOCK, o));
+    }
+    out
 }
 
 /// Index of the first element that no later element beats.

@@ -2,6 +2,7 @@
 //! element of the row, read operands at their strides". Dims that are laid out back to
 //! back in every operand are merged first, so a broadcast bias add is one long inner row.
 
+use super::simd::vectorize;
 use super::{CpuData, CpuStorage, PAR_THRESHOLD};
 use crate::Layout;
 use rayon::prelude::*;
@@ -119,15 +120,23 @@ where
     if let Some(r) = l.contiguous_range() {
         let s = &src[r];
         if s.len() < PAR_THRESHOLD {
-            return s.iter().map(|&x| f(x)).collect();
+            return vectorize(
+                #[inline(always)]
+                || s.iter().map(|&x| f(x)).collect(),
+            );
         }
         // Chunked loops over plain slices vectorize; a zeroed Vec is fresh pages from
         // the allocator, faulted in by the threads that fill them.
         let mut out = super::zeroed::<U>(s.len());
         out.par_chunks_mut(PAR_THRESHOLD / 2).zip(s.par_chunks(PAR_THRESHOLD / 2)).for_each(|(o, s)| {
-            for (o, &x) in o.iter_mut().zip(s) {
-                *o = f(x);
-            }
+            vectorize(
+                #[inline(always)]
+                || {
+                    for (o, &x) in o.iter_mut().zip(s) {
+                        *o = f(x);
+                    }
+                },
+            )
         });
         return out;
     }
@@ -135,8 +144,20 @@ where
     let mut out = super::zeroed::<U>(l.elem_count());
     let st = walk.inner_strides[0];
     walk.fill_rows(&mut out, |row, [b]| {
-        for (i, o) in row.iter_mut().enumerate() {
-            *o = f(src[b + i * st]);
+        if st == 1 {
+            let src = &src[b..b + row.len()];
+            vectorize(
+                #[inline(always)]
+                || {
+                    for (o, &x) in row.iter_mut().zip(src) {
+                        *o = f(x);
+                    }
+                },
+            )
+        } else {
+            for (i, o) in row.iter_mut().enumerate() {
+                *o = f(src[b + i * st]);
+            }
         }
     });
     out
@@ -151,14 +172,22 @@ where
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
         if a.len() < PAR_THRESHOLD {
-            return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+            return vectorize(
+                #[inline(always)]
+                || a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
+            );
         }
         let mut out = super::zeroed::<U>(a.len());
         let c = PAR_THRESHOLD / 2;
         out.par_chunks_mut(c).zip(a.par_chunks(c)).zip(b.par_chunks(c)).for_each(|((o, a), b)| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = f(x, y);
-            }
+            vectorize(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(x, y);
+                    }
+                },
+            )
         });
         return out;
     }
@@ -166,8 +195,37 @@ where
     let mut out = super::zeroed::<U>(la.elem_count());
     let [sa, sb] = walk.inner_strides;
     walk.fill_rows(&mut out, |row, [oa, ob]| {
-        for (i, o) in row.iter_mut().enumerate() {
-            *o = f(a[oa + i * sa], b[ob + i * sb]);
+        let n = row.len();
+        match (sa, sb) {
+            // The common broadcasts (bias add: a row against a row; scaling by a scalar)
+            // as plain slice loops, so they vectorise.
+            (1, 1) => {
+                let (a, b) = (&a[oa..oa + n], &b[ob..ob + n]);
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for ((o, &x), &y) in row.iter_mut().zip(a).zip(b) {
+                            *o = f(x, y);
+                        }
+                    },
+                )
+            }
+            (1, 0) => {
+                let (a, y) = (&a[oa..oa + n], b[ob]);
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for (o, &x) in row.iter_mut().zip(a) {
+                            *o = f(x, y);
+                        }
+                    },
+                )
+            }
+            _ => {
+                for (i, o) in row.iter_mut().enumerate() {
+                    *o = f(a[oa + i * sa], b[ob + i * sb]);
+                }
+            }
         }
     });
     out
