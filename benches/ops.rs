@@ -182,6 +182,39 @@ fn bench_conv2d(c: &mut Criterion) {
     group.finish();
 }
 
+/// The MNIST CNN's two convolutions at batch 128 as the training step runs them: fused with
+/// ReLU and 2x2 max pooling, the first without an input gradient (the data needs none).
+fn bench_conv2d_mnist(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d_mnist_cnn");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).sampling_mode(SamplingMode::Flat);
+    let n = 128usize;
+    for (name, ci, co, hw, input_grad) in [("conv1", 1usize, 32usize, 28usize, false), ("conv2", 32, 64, 13, true)] {
+        let o = hw - 2;
+        let fwd_flops = 2 * (n * co * ci * 9 * o * o) as u64;
+        let x = randn(&[n, ci, hw, hw]);
+        let x = if input_grad { x.requires_grad_().expect("requires_grad") } else { x };
+        let w = randn(&[co, ci, 3, 3]).requires_grad_().expect("requires_grad");
+        let b = randn(&[co]).requires_grad_().expect("requires_grad");
+        let opt = Conv2dOptions::default();
+        group.throughput(Throughput::Elements(fwd_flops));
+        group.bench_function(BenchmarkId::new("forward", name), |bch| {
+            kiln::no_grad(|| bch.iter(|| black_box(x.conv2d_relu_maxpool2(&w, Some(&b), opt).expect("conv"))))
+        });
+        // The backward's GEMMs: the weight gradient, and the input's when it needs one.
+        group.throughput(Throughput::Elements(fwd_flops * if input_grad { 3 } else { 2 }));
+        group.bench_function(BenchmarkId::new("forward_backward", name), |bch| {
+            bch.iter(|| {
+                for t in [&x, &w, &b] {
+                    t.zero_grad();
+                }
+                let y = x.conv2d_relu_maxpool2(&w, Some(&b), opt).expect("conv");
+                y.sum_all().expect("sum_all").backward().expect("backward");
+            })
+        });
+    }
+    group.finish();
+}
+
 fn bench_elementwise(c: &mut Criterion) {
     let n = 16 * 1024 * 1024;
     let mut group = c.benchmark_group("elementwise");
@@ -243,6 +276,6 @@ fn bench_step_ops(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1));
-    targets = bench_matmul_square, bench_matmul_mlp, bench_conv2d, bench_elementwise, bench_step_ops
+    targets = bench_matmul_square, bench_matmul_mlp, bench_conv2d, bench_conv2d_mnist, bench_elementwise, bench_step_ops
 }
 criterion_main!(benches);

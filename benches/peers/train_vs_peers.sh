@@ -47,12 +47,7 @@ PY
 }
 
 kiln_run() {
-    local w=$1 epochs=$2 dir
-    dir=$(mktemp -d)
-    measure bash -c "'$kiln' train --quiet --model $w --epochs $epochs --batch-size 128 --lr 0.001 --optimizer adam --out '$dir' >/dev/null 2>&1 && python3 -c \"
-import json; s=json.load(open('$dir/summary.json'))
-print(json.dumps({'framework':'kiln','workload':'$w','epochs':$epochs,'train_seconds':s['train_seconds'],'test_accuracy':s['test_accuracy']}))\""
-    rm -rf "$dir"
+    measure "$kiln" bench --model "$1" --epochs "$2" --device cpu
 }
 
 for ((r = 1; r <= rounds; r++)); do

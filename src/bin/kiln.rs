@@ -40,6 +40,20 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         height: u32,
     },
+    /// Kiln's side of benches/peers: train a benchmark workload (Adam 1e-3, batch 128, the
+    /// bundled data) and print one JSON line per round, with the fields the peer scripts print.
+    Bench {
+        /// mlp (15 epochs by default) or cnn (5 epochs).
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// auto, cpu or cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Devices and libraries Kiln can use.
     Info,
     /// Serve a checkpoint over TensorFlow Serving's REST API (predict, status, metadata).
@@ -229,6 +243,7 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Some(Command::Bench { model, epochs, rounds, device }) => bench(&model, epochs, rounds, &device),
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
@@ -316,7 +331,34 @@ fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+/// `kiln bench`: the peer benchmark's workload, trained `rounds` times into a scratch
+/// directory that is removed afterwards.
+fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str) -> Result<()> {
+    let epochs = epochs.unwrap_or(if model == "cnn" { 5 } else { 15 });
+    let out = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    let args = ["train", "--quiet", "--model", model, "--device", device, "--optimizer", "adam"];
+    let mut a =
+        TrainArgs::parse_from(args.into_iter().map(String::from).chain(["--epochs".into(), epochs.to_string()]));
+    a.out = out.clone();
+    let (cfg, device) = run_config(a)?;
+    for _ in 0..rounds {
+        let s = run(&cfg, device);
+        std::fs::remove_dir_all(&out).ok();
+        let s = s?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "framework": format!("kiln {}", env!("CARGO_PKG_VERSION")), "workload": model, "epochs": epochs,
+                "device": s.device, "train_seconds": s.train_seconds, "seconds": s.seconds,
+                "samples_per_second": s.samples_per_second, "test_accuracy": s.test_accuracy,
+                "peak_rss_bytes": s.peak_rss_bytes,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn run_config(a: TrainArgs) -> Result<(RunConfig, Device)> {
     let device = parse_device(&a.device)?;
     let cfg = RunConfig {
         model: a.model,
@@ -341,6 +383,11 @@ fn train(a: TrainArgs) -> Result<()> {
         bucket_mb: a.bucket_mb,
         save_every_rank: a.save_every_rank,
     };
+    Ok((cfg, device))
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let (cfg, device) = run_config(a)?;
     let s = match kiln::dist::DistEnv::from_env()? {
         Some(env) if env.world_size > 1 => {
             anyhow::ensure!(

@@ -351,8 +351,9 @@ fn conv2d_matches_direct_convolution() {
     for dtype in [DType::F64, DType::F32] {
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
         for (i, o) in opts.iter().enumerate() {
-            // Several images: the kernel reuses one scratch buffer for consecutive images.
-            let x = rand_t(&[5, 6, 9, 8], 60 + i as u64, dtype);
+            // Several images: the kernel reuses one scratch buffer for consecutive images,
+            // and 11 images spread over both threads.
+            let x = rand_t(&[11, 6, 9, 8], 60 + i as u64, dtype);
             let w = rand_t(&[9, 6 / o.groups, 3, 3], 70 + i as u64, dtype);
             let b = rand_t(&[9], 80 + i as u64, dtype);
             let want = naive_conv(&Nd::of(&x), &Nd::of(&w), Some(&Nd::of(&b)), *o);

@@ -232,6 +232,28 @@ fn conv2d_relu_fused() {
     for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
         crate::common::assert_close(&format!("Sequential conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
     }
+    // An odd 5x5 output: the last row and the last column belong to no window.
+    let x = leaf(&[3, 2, 5, 5], 385, -1.0, 1.0);
+    gradcheck("conv2d_relu_maxpool2, 5x5", &[x, w.clone(), b.clone()], |v| {
+        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), opt)
+    });
+    // 43 such images: several backward tasks of 8 images (the last one shorter), each
+    // image reusing its task's scratch buffers; against the unfused ops.
+    let x = leaf(&[43, 2, 5, 5], 386, -1.0, 1.0);
+    let r =
+        Tensor::from_vec(crate::common::values(43 * 3 * 2 * 2, 387, -1.0, 1.0), [43, 3, 2, 2], Device::Cpu).unwrap();
+    let grads = |out: Tensor| {
+        for t in [&x, &w, &b] {
+            t.zero_grad();
+        }
+        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        [&x, &w, &b].map(|t| crate::common::vec64(&t.grad().unwrap()))
+    };
+    let fused = grads(x.conv2d_relu_maxpool2(&w, Some(&b), opt).unwrap());
+    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap());
+    for (name, (f, a)) in ["d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
+        crate::common::assert_close(&format!("43 images conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
+    }
 }
 
 #[test]
