@@ -71,16 +71,21 @@ echo "== raw: $raw" >&2
 "$venv/bin/python" - "$raw" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("| workload | framework | train loop s | wall s | peak RSS MB | test acc | Kiln/peer (train loop) |")
-print("|---|---|---:|---:|---:|---:|---:|")
+print("| workload | framework | train loop s | wall s | peak RSS MB | test acc | Kiln/peer (train loop) | per round |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for w in sorted({r["workload"] for r in rows}):
-    med = {}
+    med, runs = {}, {}
     for fw in sorted({r["framework"] for r in rows if r["workload"] == w}):
         rs = [r for r in rows if r["workload"] == w and r["framework"] == fw]
-        m = {k: statistics.median(r[k] for r in rs) for k in ["train_seconds", "wall_seconds", "peak_rss_bytes", "test_accuracy"]}
-        med[fw] = m
-    kiln = med.get("kiln")
+        runs[fw] = [r["train_seconds"] for r in rs]
+        med[fw] = {k: statistics.median(r[k] for r in rs) for k in ["train_seconds", "wall_seconds", "peak_rss_bytes", "test_accuracy"]}
+    kfw = next((fw for fw in med if fw.startswith("kiln")), None)
     for fw, m in med.items():
-        ratio = "" if fw == "kiln" or not kiln else f"{kiln['train_seconds'] / m['train_seconds']:.2f}"
-        print(f"| {w} | {fw} | {m['train_seconds']:.2f} | {m['wall_seconds']:.2f} | {m['peak_rss_bytes'] / 1e6:.0f} | {100 * m['test_accuracy']:.2f}% | {ratio} |")
+        ratio = per_round = ""
+        if kfw and fw != kfw:
+            ratio = f"{med[kfw]['train_seconds'] / m['train_seconds']:.2f}"
+            # Rounds interleave the frameworks: round r's ratio compares runs minutes apart.
+            rr = [k / p for k, p in zip(runs[kfw], runs[fw])]
+            per_round = f"{min(rr):.2f}-{max(rr):.2f}"
+        print(f"| {w} | {fw} | {m['train_seconds']:.2f} | {m['wall_seconds']:.2f} | {m['peak_rss_bytes'] / 1e6:.0f} | {100 * m['test_accuracy']:.2f}% | {ratio} | {per_round} |")
 PY

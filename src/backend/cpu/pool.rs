@@ -94,7 +94,15 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
 /// written as plain `>` selects the compiler turns into maxss/cmov instead of branches
 /// (mispredicted branches made it 3x slower); a row holding a NaN is redone by `take`,
 /// which the plain comparison would get wrong.
-pub(super) fn pool_2x2<T: Float>(src: &[T], wd: usize, (oh, ow): (usize, usize), vo: &mut [T], io: &mut [i64]) {
+pub(super) fn pool_2x2<T: Float>(src: &[T], wd: usize, out: (usize, usize), vo: &mut [T], io: &mut [i64]) {
+    super::simd::vectorize(
+        #[inline(always)]
+        || pool_2x2_rows(src, wd, out, vo, io),
+    )
+}
+
+#[inline(always)]
+fn pool_2x2_rows<T: Float>(src: &[T], wd: usize, (oh, ow): (usize, usize), vo: &mut [T], io: &mut [i64]) {
     #[inline(always)]
     fn take<T: Float>((best, at): (T, usize), (v, i): (T, usize)) -> (T, usize) {
         if v > best || (v.is_nan() && !best.is_nan()) {
