@@ -20,6 +20,28 @@ fn cpu_operand<'a>((s, l): (&'a Storage, &'a Layout)) -> Result<(&'a CpuStorage,
     }
 }
 
+/// Another operand of a conv2d whose first operand is on the CUDA device `dev` (elsewhere:
+/// a mismatch error).
+fn cuda_storage(dev: Device, s: &Storage) -> Result<&CudaStorage> {
+    match s {
+        Storage::Cuda(c) if c.device() == dev => Ok(c),
+        other => Err(mixed("conv2d", dev, other.device())),
+    }
+}
+
+fn cuda_operand<'a>(dev: Device, (s, l): (&'a Storage, &'a Layout)) -> Result<(&'a CudaStorage, &'a Layout)> {
+    Ok((cuda_storage(dev, s)?, l))
+}
+
+/// The epilogue a conv2d backward undoes, from the forward outputs it was handed.
+fn backward_epilogue(fused: &[&Storage]) -> Epilogue {
+    match fused.len() {
+        0 => Epilogue::None,
+        1 => Epilogue::Relu,
+        _ => Epilogue::ReluMaxPool2,
+    }
+}
+
 /// A CUDA operand copied to the host (the host path of multi-input ops).
 fn host_operand((s, l): (&Storage, &Layout)) -> Result<(CpuStorage, Layout)> {
     match s {
@@ -216,18 +238,14 @@ impl Storage {
         let _p = crate::profile::scope("im2col");
         match self {
             Storage::Cpu(s) => cpu::im2col(s, l, w).map(Storage::Cpu),
-            Storage::Cuda(s) => {
-                cu::host("host:im2col", || upload(s, cpu::im2col(&on_cpu(s)?, l, w)?).map(Storage::Cuda))
-            }
+            Storage::Cuda(s) => cuda::conv::im2col_op(s, l, w).map(Storage::Cuda),
         }
     }
     pub fn col2im(&self, l: &Layout, x_dims: &[usize], w: &Window2d) -> Result<Storage> {
         let _p = crate::profile::scope("col2im");
         match self {
             Storage::Cpu(s) => cpu::col2im(s, l, x_dims, w).map(Storage::Cpu),
-            Storage::Cuda(s) => {
-                cu::host("host:col2im", || upload(s, cpu::col2im(&on_cpu(s)?, l, x_dims, w)?).map(Storage::Cuda))
-            }
+            Storage::Cuda(s) => cuda::conv::col2im_op(s, l, x_dims, w).map(Storage::Cuda),
         }
     }
     /// 2-D convolution: `self` is x [n, c, h, w], `w` the weight [o, c/groups, kh, kw],
@@ -250,6 +268,12 @@ impl Storage {
         match self {
             Storage::Cpu(x) => cpu::conv2d((x, l), cpu_operand(w)?, b.map(cpu_operand).transpose()?, geom, epi)
                 .map(|(v, i)| (Storage::Cpu(v), i.map(Storage::Cpu))),
+            Storage::Cuda(x) if cuda::conv::on_device(x, geom, epi) => {
+                let dev = x.device();
+                let (w, b) = (cuda_operand(dev, w)?, b.map(|b| cuda_operand(dev, b)).transpose()?);
+                let (v, i) = cuda::conv::conv2d(x, l, w, b, geom, epi)?;
+                Ok((Storage::Cuda(v), i.map(Storage::Cuda)))
+            }
             Storage::Cuda(x) => cu::host("host:conv2d", || {
                 let w = host_operand(w)?;
                 let b = b.map(host_operand).transpose()?;
@@ -291,6 +315,14 @@ impl Storage {
                 let (x, w) = (cpu_operand(x)?, cpu_operand(w)?);
                 Ok(cpu::conv2d_backward((g, l), x, w, fused_of(&fused_cpu)?, geom, need)?.map(|s| s.map(Storage::Cpu)))
             }
+            Storage::Cuda(g) if cuda::conv::on_device(g, geom, backward_epilogue(fused)) => {
+                let dev = g.device();
+                let fused_cuda: Vec<&CudaStorage> =
+                    fused.iter().map(|s| cuda_storage(dev, s)).collect::<Result<_>>()?;
+                let (x, w) = (cuda_operand(dev, x)?, cuda_operand(dev, w)?);
+                let grads = cuda::conv::conv2d_backward(g, l, x, w, &fused_cuda, geom, need)?;
+                Ok(grads.map(|s| s.map(Storage::Cuda)))
+            }
             Storage::Cuda(g) => cu::host("host:conv2d_backward", || {
                 let owned: Vec<CpuStorage> =
                     fused.iter().map(|s| host_operand((s, l)).map(|(c, _)| c)).collect::<Result<_>>()?;
@@ -316,10 +348,7 @@ impl Storage {
         let _p = crate::profile::scope("max_pool2d");
         match self {
             Storage::Cpu(s) => cpu::max_pool2d(s, l, w).map(|(v, i)| (Storage::Cpu(v), Storage::Cpu(i))),
-            Storage::Cuda(s) => cu::host("host:max_pool2d", || {
-                let (v, i) = cpu::max_pool2d(&on_cpu(s)?, l, w)?;
-                Ok((Storage::Cuda(upload(s, v)?), Storage::Cuda(upload(s, i)?)))
-            }),
+            Storage::Cuda(s) => cuda::conv::max_pool2d_op(s, l, w).map(|(v, i)| (Storage::Cuda(v), Storage::Cuda(i))),
         }
     }
     /// Gradient of max_pool2d: `g` [planes, out] added at `idx` into zeros [planes, plane_len].

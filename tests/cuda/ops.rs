@@ -216,7 +216,37 @@ fn conv_and_pooling() {
     let w = randn(&[6, 2, 3, 3], DType::F32, 16);
     let b = randn(&[6], DType::F32, 17);
     let opt = Conv2dOptions { stride: (2, 1), padding: (1, 1), dilation: (1, 2), groups: 2 };
-    check("conv2d", &[x.clone(), w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    check("conv2d", &[x.clone(), w.clone(), b.clone()], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    // The fused ops the Conv2d module runs: + ReLU, + ReLU + 2x2 max pool (a 6x9 output: the
+    // pool drops the odd last column), one group, no bias, an input without gradient (a first
+    // layer), a non-contiguous input and weight, and half precision.
+    let plain = Conv2dOptions { padding: (1, 0), ..Conv2dOptions::default() };
+    let w1 = randn(&[5, 4, 3, 3], DType::F32, 21);
+    check("conv2d_relu", &[x.clone(), w1.clone(), b.narrow(0, 0, 5).unwrap()], |v| {
+        v[0].conv2d_relu(&v[1], Some(&v[2]), plain)
+    });
+    check("conv2d_relu_maxpool2", &[x.clone(), w1.clone(), b.narrow(0, 0, 5).unwrap()], |v| {
+        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), plain)
+    });
+    check("conv2d_relu_maxpool2, no bias, frozen input", &[x.clone(), w1.clone()], |v| {
+        v[0].detach().conv2d_relu_maxpool2(&v[1], None, plain)
+    });
+    let wt = randn(&[5, 3, 3, 4], DType::F32, 22);
+    let strided = Conv2dOptions { stride: (1, 2), padding: (0, 1), ..Conv2dOptions::default() };
+    check("conv2d of an NHWC input, permuted weight", &[x.clone(), wt], |v| {
+        let nhwc = v[0].permute(&[0, 2, 3, 1])?.contiguous()?;
+        nhwc.permute(&[0, 3, 1, 2])?.conv2d(&v[1].permute(&[0, 3, 1, 2])?, None, strided)
+    });
+    for dtype in [DType::F16, DType::BF16] {
+        let (xh, wh) = (x.to_dtype(dtype).unwrap(), w1.to_dtype(dtype).unwrap());
+        check(&format!("conv2d_relu_maxpool2 {dtype:?}"), &[xh, wh], |v| v[0].conv2d_relu_maxpool2(&v[1], None, plain));
+    }
+    // These run on the device's kernels and cuBLAS, not on the host path.
+    kiln::profile::start();
+    let (xd, wd) = (x.to_device(dev()).unwrap(), w1.to_device(dev()).unwrap().requires_grad_().unwrap());
+    xd.conv2d_relu_maxpool2(&wd, None, plain).unwrap().sum_all().unwrap().backward().unwrap();
+    let ops: Vec<String> = kiln::profile::stop().totals().into_iter().map(|(name, ..)| name).collect();
+    assert!(ops.iter().all(|n| !n.starts_with("host:conv2d")), "conv2d took the host path: {ops:?}");
     check("max_pool2d", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 2), (2, 2), (1, 0)));
     check("avg_pool2d", std::slice::from_ref(&x), |v| v[0].avg_pool2d((2, 3), (1, 2), (0, 1)));
 }
@@ -301,5 +331,53 @@ fn training_steps_match_the_cpu() {
     for (i, (a, b)) in cuda.iter().zip(&cpu).enumerate() {
         let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-5, "parameter {i}: max |cuda - cpu| = {diff}");
+    }
+}
+
+/// A small CNN (conv+ReLU+pool twice, then Linear: the fused ops `Sequential` picks) trained
+/// for a few Adam steps on the device and on the CPU from the same weights and batches: the
+/// losses and final parameters agree.
+#[test]
+fn a_cnn_trains_on_the_device_as_on_the_cpu() {
+    use kiln::nn::{Conv2d, Flatten, Linear, MaxPool2d, Module, Relu, Sequential};
+    use kiln::optim::{Adam, Optimizer};
+    let build = |device: Device| -> Sequential {
+        let conv = |i, o| Conv2d::new(i, o, (3, 3), Conv2dOptions::default(), true, device).unwrap();
+        Sequential::new()
+            .add(conv(1, 4))
+            .add(Relu)
+            .add(MaxPool2d::new(2))
+            .add(conv(4, 6))
+            .add(Relu)
+            .add(MaxPool2d::new(2))
+            .add(Flatten::default())
+            .add(Linear::new(6 * 2 * 2, 10, true, device).unwrap())
+    };
+    let (cpu_model, dev_model) = (build(Device::Cpu), build(dev()));
+    let state: Vec<(String, Tensor)> =
+        cpu_model.state_dict().into_iter().map(|(n, t)| (n, t.to_device(dev()).unwrap())).collect();
+    dev_model.load_state_dict(&state).unwrap();
+    let (mut cpu_opt, mut dev_opt) =
+        (Adam::simple(cpu_model.parameters(), 1e-2), Adam::simple(dev_model.parameters(), 1e-2));
+    for step in 0..3u64 {
+        let x = randn(&[8, 1, 14, 14], DType::F32, 40 + step);
+        let y = Tensor::from_vec((0..8).map(|i| ((i * 3 + step) % 10) as i64).collect::<Vec<_>>(), [8], Device::Cpu)
+            .unwrap();
+        let mut losses = Vec::new();
+        for (model, opt, device) in [(&cpu_model, &mut cpu_opt, Device::Cpu), (&dev_model, &mut dev_opt, dev())] {
+            opt.zero_grad();
+            let loss = model
+                .forward(&x.to_device(device).unwrap())
+                .unwrap()
+                .cross_entropy(&y.to_device(device).unwrap(), 0.0)
+                .unwrap();
+            loss.backward().unwrap();
+            opt.step().unwrap();
+            losses.push(loss.to_scalar::<f64>().unwrap());
+        }
+        assert!((losses[0] - losses[1]).abs() < 1e-5, "step {step}: loss cpu {} vs device {}", losses[0], losses[1]);
+    }
+    for ((name, a), (_, b)) in dev_model.named_parameters().iter().zip(cpu_model.named_parameters()) {
+        close(&format!("{name} after 3 steps"), &a.to_device(Device::Cpu).unwrap(), &b, 1e-4);
     }
 }

@@ -1,9 +1,11 @@
-//! The CUDA side. Today: finding the driver and libraries (never panicking when they are
-//! absent) and describing the GPUs; the kernels in `kernels/` and their launch path come next
-//! (see the CUDA issue's notes).
+//! The CUDA side: finding the driver and libraries (never panicking when they are absent),
+//! the device (caching allocator, NVRTC-compiled kernels from `kernels/`, cuBLAS, or the
+//! emulated device that runs the same launches on the host), and each op family's device
+//! implementation (storage.rs, conv.rs).
 
 pub mod alloc;
 pub mod blas;
+pub mod conv;
 pub mod device;
 pub mod emu;
 pub mod gpu;

@@ -3,11 +3,11 @@
 //!
 //! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
 //! copies and casts, sum/max/min reductions, softmax, fused cross-entropy, fused Adam,
-//! index_select/gather/index_add/scatter_add), and matmul goes to cuBLAS.
-//! The others still take the host path: copy to the CPU, run the CPU reference, copy back.
-//! That is correct (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the
-//! profiler shows them as `host:<op>`. Kernels for most of them exist (kernels_conv.rs,
-//! kernels_train.rs) and replace the host path family by family.
+//! index_select/gather/index_add/scatter_add), matmul goes to cuBLAS, and conv2d with its
+//! fused epilogues, im2col/col2im and max pooling are composed in conv.rs. The others still
+//! take the host path: copy to the CPU, run the CPU reference, copy back. That is correct
+//! (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the profiler shows
+//! them as `host:<op>`.
 
 use super::alloc::DeviceBuf;
 use super::device::CudaDev;
@@ -20,16 +20,12 @@ use std::sync::Arc;
 
 /// The families that still compute on the host (see the module docs).
 pub const HOST_PATH: &[&str] = &[
-    "conv2d (fused conv/ReLU/pool op)",
     "where",
     "argmax/argmin",
     "index_add, scatter_add (f16/bf16: no half atomics)",
-    "im2col",
-    "col2im",
-    "max_pool2d",
-    "max_pool2d_backward",
+    "max_pool2d_backward (unfused MaxPool2d; the fused conv+ReLU+pool runs on the device)",
     "copy_into (strided destination)",
-    "f64/i64 arithmetic",
+    "f64/i64 arithmetic (conv2d included)",
 ];
 
 /// A buffer of `len` elements of `dtype` on a CUDA device.
