@@ -351,18 +351,19 @@ impl Storage {
             Storage::Cuda(s) => cuda::conv::max_pool2d_op(s, l, w).map(|(v, i)| (Storage::Cuda(v), Storage::Cuda(i))),
         }
     }
-    /// Gradient of max_pool2d: `g` [planes, out] added at `idx` into zeros [planes, plane_len].
-    /// `idx` is max_pool2d's index storage (I64, contiguous).
-    pub fn max_pool2d_backward(&self, l: &Layout, idx: &Storage, planes: usize, plane_len: usize) -> Result<Storage> {
+    /// Gradient of max_pool2d over x [n, c, h, w] (`x_dims`) with window `w`: each output
+    /// gradient `g` [n, c, oh, ow] added at its window's argmax `idx` (max_pool2d's index
+    /// storage: I64 plane offsets, contiguous), into zeros shaped like x.
+    pub fn max_pool2d_backward(&self, l: &Layout, idx: &Storage, x_dims: [usize; 4], w: &Window2d) -> Result<Storage> {
         let _p = crate::profile::scope("max_pool2d_backward");
+        let [n, c, h, wd] = x_dims;
         match (self, idx) {
             (Storage::Cpu(s), Storage::Cpu(idx)) => {
-                cpu::max_pool2d_backward(s, l, idx, planes, plane_len).map(Storage::Cpu)
+                cpu::max_pool2d_backward(s, l, idx, n * c, h * wd).map(Storage::Cpu)
             }
-            (Storage::Cuda(s), Storage::Cuda(idx)) => cu::host("host:max_pool2d_backward", || {
-                upload(s, cpu::max_pool2d_backward(&on_cpu(s)?, l, &on_cpu(idx)?, planes, plane_len)?)
-                    .map(Storage::Cuda)
-            }),
+            (Storage::Cuda(s), Storage::Cuda(idx)) => {
+                cuda::conv::max_pool2d_backward_op(s, l, idx, x_dims, w).map(Storage::Cuda)
+            }
             (s, i) => Err(mixed("max_pool2d_backward", s.device(), i.device())),
         }
     }

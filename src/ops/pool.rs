@@ -31,7 +31,7 @@ impl Tensor {
         Ok(Tensor::from_op(vals, Layout::contiguous(shape), "max_pool2d", &[self], move |g| {
             // Each window's gradient goes to its argmax (a scatter-add, one plane per task); the
             // indices stay in the backend's storage (no copy).
-            let gx = g.storage().max_pool2d_backward(g.layout(), &idx, n * c, h * wd)?;
+            let gx = g.storage().max_pool2d_backward(g.layout(), &idx, [n, c, h, wd], &w)?;
             Ok(vec![Some(Tensor::from_storage(gx, Layout::contiguous(Shape::new(vec![n, c, h, wd]))))])
         }))
     }

@@ -248,6 +248,8 @@ fn conv_and_pooling() {
     let ops: Vec<String> = kiln::profile::stop().totals().into_iter().map(|(name, ..)| name).collect();
     assert!(ops.iter().all(|n| !n.starts_with("host:conv2d")), "conv2d took the host path: {ops:?}");
     check("max_pool2d", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 2), (2, 2), (1, 0)));
+    // Overlapping windows: a pixel can be the argmax of several, its gradient their sum.
+    check("max_pool2d, overlapping windows", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 3), (1, 1), (1, 1)));
     check("avg_pool2d", std::slice::from_ref(&x), |v| v[0].avg_pool2d((2, 3), (1, 2), (0, 1)));
 }
 

@@ -243,3 +243,24 @@ pub fn max_pool2d_op(s: &CudaStorage, l: &Layout, w: &Window2d) -> Result<(CudaS
     kernels_conv::max_pool2d(s.dev().launcher(), s.dtype(), s.ptr(), l, w, vals.ptr(), idx.ptr())?;
     Ok((vals, idx))
 }
+
+/// `Storage::max_pool2d_backward` on the device: the gradient of x [n, c, h, w] = `x_dims`,
+/// each pixel summing the output gradients `g` (view `l`) of the windows whose argmax it is.
+pub fn max_pool2d_backward_op(
+    g: &CudaStorage,
+    l: &Layout,
+    idx: &CudaStorage,
+    x_dims: [usize; 4],
+    w: &Window2d,
+) -> Result<CudaStorage> {
+    if !window_kernels(g, &contiguous(&x_dims), w) {
+        return host("host:max_pool2d_backward", || {
+            let [n, c, h, wd] = x_dims;
+            upload(g, cpu::max_pool2d_backward(&on_cpu(g)?, l, &on_cpu(idx)?, n * c, h * wd)?)
+        });
+    }
+    let g = to_contiguous_as(g, l, g.dtype())?;
+    let gx = CudaStorage::uninit(g.dev(), g.dtype(), x_dims.iter().product())?;
+    kernels_conv::max_pool2d_backward(g.dev().launcher(), g.dtype(), g.ptr(), idx.ptr(), &x_dims, w, gx.ptr())?;
+    Ok(gx)
+}

@@ -23,7 +23,6 @@ pub const HOST_PATH: &[&str] = &[
     "where",
     "argmax/argmin",
     "index_add, scatter_add (f16/bf16: no half atomics)",
-    "max_pool2d_backward (unfused MaxPool2d; the fused conv+ReLU+pool runs on the device)",
     "copy_into (strided destination)",
     "f64/i64 arithmetic (conv2d included)",
 ];
