@@ -22,3 +22,13 @@ echo "== training"
 gpu-bin/kiln train --device cuda:0 --quiet --epochs 3 --out "$out/run-gpu" 2>&1 | tail -1 | tee "$out/train-gpu.txt"
 gpu-bin/kiln train --device cpu --quiet --epochs 3 --out "$out/run-cpu" 2>&1 | tail -1 | tee "$out/train-cpu.txt"
 gpu-bin/kiln train --devices 0 --quiet --epochs 3 --out "$out/run-devices" 2>&1 | tail -1 | tee "$out/train-devices.txt"
+echo "== CNN on the GPU vs the CPU (accuracy should agree within noise)"
+gpu-bin/kiln train --model cnn --device cuda:0 --quiet --epochs 2 --out "$out/cnn-gpu" 2>&1 | tail -1 | tee "$out/cnn-gpu.txt"
+gpu-bin/kiln train --model cnn --device cpu --quiet --epochs 2 --out "$out/cnn-cpu" 2>&1 | tail -1 | tee "$out/cnn-cpu.txt"
+echo "== GPU section of BENCHMARKS.md: Kiln vs PyTorch on the same GPU"
+py=${VIRTUAL_ENV}/bin/python
+for w in mlp cnn; do
+    e=15; [ $w = cnn ] && e=5
+    gpu-bin/kiln bench --model $w --epochs $e --rounds 3 --device cuda:0 2>/dev/null | tee -a "$out/gpu-bench.jsonl"
+    for r in 1 2 3; do "$py" benches/peers/torch_train.py $w $e 16 cuda | tee -a "$out/gpu-bench.jsonl"; done
+done
