@@ -35,6 +35,7 @@ mod tensor;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use backend::cuda::blas::{allow_tf32, tf32_allowed};
 pub use backend::Window2d;
 pub use device::Device;
 pub use dtype::{DType, WithDType};

@@ -10,6 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 gpu-bin/kiln info | tee "$out/info.txt"
 echo "== every op on the GPU vs the CPU"
 KILN_TEST_DEVICE=cuda:0 gpu-bin/cuda --test-threads 4 2>&1 | tee "$out/cuda-tests.txt" | tail -5
+KILN_TEST_DEVICE=cuda:0 gpu-bin/cuda --ignored tf32 2>&1 | tee -a "$out/cuda-tests.txt" | tail -3
 echo "== NCCL and data-parallel"
 gpu-bin/dist --test-threads 2 2>&1 | tee "$out/dist-tests.txt" | tail -5
 echo "== compute-sanitizer over the ops tests"
@@ -30,5 +31,6 @@ py=${VIRTUAL_ENV}/bin/python
 for w in mlp cnn; do
     e=15; [ $w = cnn ] && e=5
     gpu-bin/kiln bench --model $w --epochs $e --rounds 3 --device cuda:0 2>/dev/null | tee -a "$out/gpu-bench.jsonl"
+    gpu-bin/kiln bench --model $w --epochs $e --rounds 1 --device cuda:0 --tf32 2>/dev/null | tee -a "$out/gpu-bench.jsonl"
     for r in 1 2 3; do "$py" benches/peers/torch_train.py $w $e 16 cuda | tee -a "$out/gpu-bench.jsonl"; done
 done

@@ -53,6 +53,9 @@ enum Command {
         /// auto, cpu or cuda:N
         #[arg(long, default_value = "auto")]
         device: String,
+        /// f32 matmuls on GPU tensor cores in TF32.
+        #[arg(long)]
+        tf32: bool,
     },
     /// Devices and libraries Kiln can use.
     Info,
@@ -197,6 +200,9 @@ struct TrainArgs {
     /// Ranks other than 0 also write their final model into OUT/rank-R.
     #[arg(long)]
     save_every_rank: bool,
+    /// f32 matmuls on GPU tensor cores in TF32 (faster, ~3 decimal digits per input).
+    #[arg(long)]
+    tf32: bool,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -243,7 +249,7 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Some(Command::Bench { model, epochs, rounds, device }) => bench(&model, epochs, rounds, &device),
+        Some(Command::Bench { model, epochs, rounds, device, tf32 }) => bench(&model, epochs, rounds, &device, tf32),
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
@@ -333,13 +339,14 @@ fn serve(a: ServeArgs) -> Result<()> {
 
 /// `kiln bench`: the peer benchmark's workload, trained `rounds` times into a scratch
 /// directory that is removed afterwards.
-fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str) -> Result<()> {
+fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str, tf32: bool) -> Result<()> {
     let epochs = epochs.unwrap_or(if model == "cnn" { 5 } else { 15 });
     let out = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     let args = ["train", "--quiet", "--model", model, "--device", device, "--optimizer", "adam"];
     let mut a =
         TrainArgs::parse_from(args.into_iter().map(String::from).chain(["--epochs".into(), epochs.to_string()]));
     a.out = out.clone();
+    a.tf32 = tf32;
     let (cfg, device) = run_config(a)?;
     for _ in 0..rounds {
         let s = run(&cfg, device);
@@ -351,7 +358,7 @@ fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str) -> Res
                 "framework": format!("kiln {}", env!("CARGO_PKG_VERSION")), "workload": model, "epochs": epochs,
                 "device": s.device, "train_seconds": s.train_seconds, "seconds": s.seconds,
                 "samples_per_second": s.samples_per_second, "test_accuracy": s.test_accuracy,
-                "peak_rss_bytes": s.peak_rss_bytes,
+                "peak_rss_bytes": s.peak_rss_bytes, "tf32": tf32,
             })
         );
     }
@@ -359,6 +366,7 @@ fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str) -> Res
 }
 
 fn run_config(a: TrainArgs) -> Result<(RunConfig, Device)> {
+    kiln::allow_tf32(a.tf32);
     let device = parse_device(&a.device)?;
     let cfg = RunConfig {
         model: a.model,

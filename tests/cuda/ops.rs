@@ -383,3 +383,29 @@ fn a_cnn_trains_on_the_device_as_on_the_cpu() {
         close(&format!("{name} after 3 steps"), &a.to_device(Device::Cpu).unwrap(), &b, 1e-4);
     }
 }
+
+/// `kiln::allow_tf32` reaches cuBLAS: a long f32 product is exact to f32 rounding with it off
+/// and carries TF32's ~1e-3 input rounding with it on. GPU only, and `#[ignore]`d because the
+/// switch is process-wide (other tests' tolerances assume f32): benches/gpu/run.sh runs it
+/// alone with `--ignored tf32`.
+#[test]
+#[ignore]
+fn tf32_switch_reaches_cublas() {
+    if dev() == Device::CudaEmulated {
+        eprintln!("skipped: the emulated device computes in f32 whatever the switch says");
+        return;
+    }
+    let (a, b) = (randn(&[64, 2048], DType::F32, 50), randn(&[2048, 64], DType::F32, 51));
+    let exact = a.to_dtype(DType::F64).unwrap().matmul(&b.to_dtype(DType::F64).unwrap()).unwrap();
+    let rel_err = |tf32: bool| {
+        kiln::allow_tf32(tf32);
+        let got = a.to_device(dev()).unwrap().matmul(&b.to_device(dev()).unwrap()).unwrap();
+        kiln::allow_tf32(false);
+        let (g, e) = (got.to_vec::<f64>().unwrap(), exact.to_vec::<f64>().unwrap());
+        let scale = e.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        g.iter().zip(&e).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+    };
+    let (off, on) = (rel_err(false), rel_err(true));
+    assert!(off < 1e-5, "f32 GEMM error {off}");
+    assert!(on > 10.0 * off && on < 2e-2, "TF32 GEMM error {on} (f32: {off})");
+}

@@ -169,9 +169,25 @@ impl Blas for HostBlas {
     }
 }
 
+static ALLOW_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets f32 matmuls on GPUs use TF32 tensor cores (inputs rounded to a 10-bit mantissa,
+/// f32 accumulation; ~8x the f32 rate on an A100/H100), as PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32 = True`. Off by default: results then match the
+/// CPU to f32 rounding. Read at every GEMM, so it may be switched at any time; the CPU
+/// backend and the emulated device ignore it.
+pub fn allow_tf32(on: bool) {
+    ALLOW_TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`allow_tf32`] is on.
+pub fn tf32_allowed() -> bool {
+    ALLOW_TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// cuBLAS through cudarc on one stream. F32 runs with CUBLAS_COMPUTE_32F, or with
 /// CUBLAS_COMPUTE_32F_FAST_TF32 (tensor cores, 10-bit mantissa inputs) when built with
-/// `tf32`; F16/BF16 always accumulate in f32.
+/// `tf32` or while [`allow_tf32`] is on; F16/BF16 always accumulate in f32.
 #[derive(Debug)]
 pub struct Cublas {
     blas: cudarc::cublas::CudaBlas,
@@ -234,7 +250,9 @@ impl Blas for Cublas {
         // cuBLAS runs on the calling thread's current context.
         self.stream.context().bind_to_thread().map_err(|e| kernel(format!("binding the context: {e}")))?;
         let (ty, compute) = match dtype {
-            DType::F32 if self.tf32 => (cudaDataType_t::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_TF32),
+            DType::F32 if self.tf32 || tf32_allowed() => {
+                (cudaDataType_t::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_TF32)
+            }
             DType::F32 => (cudaDataType_t::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F),
             DType::F16 => (cudaDataType_t::CUDA_R_16F, Compute::CUBLAS_COMPUTE_32F),
             _ => (cudaDataType_t::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F),
