@@ -50,6 +50,15 @@ impl Device {
     pub fn is_cuda(self) -> bool {
         matches!(self, Device::Cuda(_) | Device::CudaEmulated)
     }
+
+    /// Waits for the device's queued work (kernels run asynchronously on a GPU), as
+    /// `torch.cuda.synchronize()`: what a timing around GPU ops needs. A no-op on the CPU.
+    pub fn synchronize(self) -> Result<()> {
+        if self.is_cpu() {
+            return Ok(());
+        }
+        crate::backend::cuda::device::get(self)?.synchronize()
+    }
 }
 
 impl std::fmt::Display for Device {

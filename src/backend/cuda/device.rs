@@ -153,6 +153,15 @@ impl CudaDev {
         }
     }
 
+    /// Waits until everything queued on the device has finished (the emulated device runs
+    /// every launch to completion before returning: nothing to wait for).
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.ctx {
+            Some(ctx) => ctx.synchronize().map_err(|e| self.gpu_err("cuCtxSynchronize", e)),
+            None => Ok(()),
+        }
+    }
+
     /// Device memory for `bytes` bytes (contents undefined: blocks are reused).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuf> {
         self.alloc.alloc(bytes, 0)

@@ -7,6 +7,8 @@ use kiln::train::{run, RunConfig};
 use kiln::Device;
 use std::path::PathBuf;
 
+mod bench_ops;
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: train, evaluate and inspect models")]
 struct Cli {
@@ -56,6 +58,18 @@ enum Command {
         /// f32 matmuls on GPU tensor cores in TF32.
         #[arg(long)]
         tf32: bool,
+    },
+    /// Memory bandwidth (copy, add, relu) and matmul TFLOP/s on a device, one JSON line each.
+    BenchOps {
+        /// auto, cpu, cuda:N or cuda-emulated
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Size of each elementwise operand in MiB.
+        #[arg(long, default_value_t = 256)]
+        mb: usize,
+        /// Square matmul sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1024,4096,8192")]
+        gemm: Vec<usize>,
     },
     /// Devices and libraries Kiln can use.
     Info,
@@ -250,6 +264,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Command::Bench { model, epochs, rounds, device, tf32 }) => bench(&model, epochs, rounds, &device, tf32),
+        Some(Command::BenchOps { device, mb, gemm }) => bench_ops::run(parse_device(&device)?, mb, &gemm),
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
