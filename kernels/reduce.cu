@@ -43,6 +43,64 @@ KILN_REDUCE_ROWS(reduce_rows_f32, float);
 KILN_REDUCE_ROWS(reduce_rows_f16, __half);
 KILN_REDUCE_ROWS(reduce_rows_bf16, __nv_bfloat16);
 
+// Arg-reductions: the index of each row's max (op 0) or min (op 1), with the CPU backend's
+// rules: the first of equal values wins, a NaN beats every number, a later NaN an earlier
+// one. Those rules rank every (value, index) pair in one total order, so folding in any
+// grouping gives the same pair as the CPU's left-to-right scan. Index -1: nothing yet.
+__device__ __forceinline__ void kiln_arg_fold(int32_t op, float& v, int64_t& i, float v2, int64_t i2) {
+    if (i2 < 0) return;
+    bool take;
+    if (i < 0) {
+        take = true;
+    } else {
+        const bool n1 = v != v, n2 = v2 != v2;
+        if (n1 || n2) take = n2 && (!n1 || i2 > i);
+        else if (v2 == v) take = i2 < i;
+        else take = op == 0 ? v2 > v : v2 < v;
+    }
+    if (take) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__device__ __forceinline__ void kiln_arg_warp_fold(int32_t op, float& v, int64_t& i) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float v2 = __shfl_down_sync(0xffffffffu, v, offset);
+        const int64_t i2 = __shfl_down_sync(0xffffffffu, i, offset);
+        kiln_arg_fold(op, v, i, v2, i2);
+    }
+}
+
+#define KILN_ARG_ROWS(NAME, T)                                                               \
+    KILN_KERNEL void NAME(int64_t cols, int32_t op, const T* __restrict__ x, int64_t* __restrict__ out) { \
+        __shared__ float warp_v[32];                                                         \
+        __shared__ int64_t warp_i[32];                                                       \
+        const T* row = x + (int64_t)blockIdx.x * cols;                                       \
+        float v = 0.0f;                                                                      \
+        int64_t i = -1;                                                                      \
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) kiln_arg_fold(op, v, i, kiln_load(row, c), c); \
+        kiln_arg_warp_fold(op, v, i);                                                        \
+        const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;                     \
+        if (lane == 0) {                                                                     \
+            warp_v[warp] = v;                                                                \
+            warp_i[warp] = i;                                                                \
+        }                                                                                    \
+        __syncthreads();                                                                     \
+        if (warp == 0) {                                                                     \
+            const bool have = lane < blockDim.x / 32;                                        \
+            v = have ? warp_v[lane] : 0.0f;                                                  \
+            i = have ? warp_i[lane] : -1;                                                    \
+            kiln_arg_warp_fold(op, v, i);                                                    \
+            if (lane == 0) out[blockIdx.x] = i;                                              \
+        }                                                                                    \
+    }                                                                                        \
+    KILN_REGISTER(NAME)
+
+KILN_ARG_ROWS(arg_rows_f32, float);
+KILN_ARG_ROWS(arg_rows_f16, __half);
+KILN_ARG_ROWS(arg_rows_bf16, __nv_bfloat16);
+
 // Softmax (or log-softmax) of each row: max, then Σ exp(x - max), then the outputs. Same
 // block-per-row split; the two reductions share one shared-memory array.
 __device__ float kiln_block_fold(int32_t op, float v, float* warp_acc) {

@@ -168,10 +168,42 @@ fn reductions_over_any_dims() {
             }
         }
         check(&format!("argmax {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmax(1, false));
+        check(&format!("argmin {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmin(0, true));
+        check(&format!("argmax over the last dim {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmax(2, false));
         check(&format!("sum of a permuted view {dtype:?}"), std::slice::from_ref(&x), |v| {
             v[0].permute(&[2, 0, 1])?.sum(&[2], false)
         });
     }
+}
+
+/// Arg-reductions by the CPU's rules, in rows longer than a block (300 > 256 threads, so the
+/// candidates meet across threads and warps): the first of equal values wins, a NaN beats
+/// every number and a later NaN an earlier one; -0.0 equals 0.0; -inf rows.
+#[test]
+fn arg_reductions_ties_and_nans() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let mut rows: Vec<Vec<f32>> = vec![vec![0.0; 300]; 6];
+    rows[0][7] = 5.0;
+    rows[0][290] = 5.0; // tie: 7 wins for argmax
+    rows[1][3] = nan;
+    rows[1][299] = nan; // NaNs: the last one wins (argmax and argmin)
+    rows[1][100] = 9.0;
+    rows[2] = vec![-inf; 300];
+    rows[3][0] = -0.0;
+    rows[3][200] = -1.0; // argmin 200; argmax: 0.0 == -0.0, the first (index 0)
+    rows[4] = (0..300).map(|i| ((i * 37) % 300) as f32).collect();
+    rows[5][255] = nan;
+    rows[5][256] = 3.0;
+    let x = Tensor::from_vec(rows.concat(), [6, 300], Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let x = x.to_dtype(dtype).unwrap();
+        check(&format!("argmax, ties and NaNs {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmax(1, false));
+        check(&format!("argmin, ties and NaNs {dtype:?}"), std::slice::from_ref(&x), |v| v[0].argmin(1, false));
+    }
+    // And the answers themselves, not only agreement with the CPU.
+    let got = x.to_device(dev()).unwrap().argmax(1, false).unwrap().to_vec::<i64>().unwrap();
+    // Row 4 holds (37·i) mod 300: its 299 sits at i = 227 (37 · 227 = 8399 = 27 · 300 + 299).
+    assert_eq!(got, vec![7, 299, 0, 0, 227, 255]);
 }
 
 #[test]

@@ -204,6 +204,32 @@ pub fn reduce_rows(
     k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
 
+/// The I64 index of each row's max (`ArgMax`) or min (`ArgMin`) of a contiguous
+/// [rows, cols] matrix (cols >= 1), by the CPU backend's tie and NaN rules.
+pub fn arg_rows(
+    k: &dyn Launcher,
+    dtype: DType,
+    op: ReduceOp,
+    rows: usize,
+    cols: usize,
+    x: u64,
+    out: u64,
+) -> Result<()> {
+    let mut code: i32 = match op {
+        ReduceOp::ArgMax => 0,
+        ReduceOp::ArgMin => 1,
+        _ => return Err(Error::invalid("arg_rows", format!("{op:?} is not an arg-reduction"))),
+    };
+    if cols == 0 {
+        return Err(Error::invalid("arg_rows", "an arg-reduction over an empty dimension"));
+    }
+    let name = format!("arg_rows_{}", suffix("argmax", dtype)?);
+    check_grid("arg_rows", rows)?;
+    let (mut cols, mut x, mut out) = (cols as i64, x, out);
+    let mut args = [arg(&mut cols), arg(&mut code), arg(&mut x), arg(&mut out)];
+    k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
 /// softmax (or log_softmax) of each row of a contiguous [rows, cols] matrix.
 pub fn softmax_rows(k: &dyn Launcher, dtype: DType, log: bool, rows: usize, cols: usize, x: u64, y: u64) -> Result<()> {
     let name = format!("softmax_rows_{}", suffix("softmax", dtype)?);

@@ -2,7 +2,7 @@
 //! (the CPU side is in backend/cpu; `Storage` in backend/mod.rs dispatches between them).
 //!
 //! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
-//! copies and casts, sum/max/min reductions, softmax, fused cross-entropy, fused Adam,
+//! copies and casts, sum/max/min/argmax/argmin reductions, softmax, fused cross-entropy, fused Adam,
 //! index_select/gather/index_add/scatter_add), matmul goes to cuBLAS, and conv2d with its
 //! fused epilogues, im2col/col2im and max pooling are composed in conv.rs. The others still
 //! take the host path: copy to the CPU, run the CPU reference, copy back. That is correct
@@ -21,7 +21,6 @@ use std::sync::Arc;
 /// The families that still compute on the host (see the module docs).
 pub const HOST_PATH: &[&str] = &[
     "where",
-    "argmax/argmin",
     "index_add, scatter_add (f16/bf16: no half atomics)",
     "copy_into (strided destination)",
     "f64/i64 arithmetic (conv2d included)",
@@ -361,19 +360,23 @@ pub fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> Res
     Ok(out)
 }
 
-/// Sum / max / min over `dims`: the reduced dims are moved last by a strided copy, then one
-/// block reduces each row. Arg-reductions and the other dtypes take the host path.
+/// Sum / max / min / argmax / argmin over `dims`: the reduced dims are moved last by a
+/// strided copy, then one block reduces each row. Other dtypes take the host path.
 pub fn reduce(s: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Result<CudaStorage> {
     let rank = l.dims().len();
     let kept: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
     let inner: usize = dims.iter().map(|&d| l.dims()[d]).product();
     let outer: usize = kept.iter().map(|&d| l.dims()[d]).product();
-    let kernel_op = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min);
-    if !has_kernels(s.dtype) || !kernel_op || inner == 0 || outer == 0 {
+    if !has_kernels(s.dtype) || inner == 0 || outer == 0 {
         return host("host:reduce", || upload(s, crate::backend::cpu::reduce(&on_cpu(s)?, l, dims, op)?));
     }
     let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
     let rows = to_contiguous_as(s, &l.permute(&perm), s.dtype)?;
+    if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+        let out = s.new_like(DType::I64, outer)?;
+        kernels::arg_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
+        return Ok(out);
+    }
     let out = s.new_like(s.dtype, outer)?;
     kernels::reduce_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
     Ok(out)
