@@ -205,7 +205,18 @@ pub fn run(cfg: &RunConfig, device: Device) -> Result<Summary> {
         });
         crate::dist::threads::first_cause(results)?
     } else if cfg.workers > 1 {
-        crate::dist::run_workers(cfg.workers, cfg.dist_timeout(), |_, comm| run_distributed(cfg, device, comm))?
+        // Each worker runs its loop and its ops on a pool of its own share of the cores (as
+        // torchrun's OMP_NUM_THREADS = cores / nproc): N workers on C cores make C threads
+        // instead of N loops contending with C shared rayon workers.
+        let per_worker = (rayon::current_num_threads() / cfg.workers).max(1);
+        crate::dist::run_workers(cfg.workers, cfg.dist_timeout(), |rank, comm| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(per_worker)
+                .thread_name(move |i| format!("kiln-worker-{rank}-{i}"))
+                .build()
+                .map_err(|e| Error::dist(rank, crate::DistErrorKind::WorkerFailed, format!("thread pool: {e}")))?;
+            pool.install(|| run_distributed(cfg, device, comm))
+        })?
     } else {
         // The loop runs on one of rayon's workers, not beside them: with RAYON_NUM_THREADS
         // workers plus a calling thread, a 2-core machine had 3 threads contending for 2 cores,
