@@ -34,8 +34,9 @@ pub fn reduce(s: &CpuStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Resul
     }
     // Sums over leading dims of a contiguous view (a bias gradient: [batch, features] summed
     // over the batch) add whole rows into one accumulator row: vectorised, and no transposed
-    // copy. Each output still adds its inputs one by one in row order, so the bits are those
-    // of the general path. (Narrow rows, down to the sum of everything, stay on that path.)
+    // copy. Each output still adds its inputs one by one in row order, so the values are
+    // those of the general path (up to the sign of a sum of zeros). Narrow rows, down to the
+    // sum of everything, stay on that path.
     let leading = !dims.is_empty() && dims.iter().enumerate().all(|(i, &d)| i == d);
     if let (ReduceOp::Sum, true, Some(r)) = (op, leading && outer >= 16, l.contiguous_range()) {
         match s.data() {
