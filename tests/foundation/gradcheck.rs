@@ -173,6 +173,29 @@ fn conv2d_batched_backward() {
     gradcheck("conv2d, frozen weight", &[x], |v| v[0].conv2d(&wd, None, opt));
 }
 
+/// `out`'s values and the gradients of `leaves` under the upstream gradient `r` (a random
+/// tensor of out's shape): what a fused op and its unfused ops must agree on.
+fn value_and_grads(out: Tensor, r: &Tensor, leaves: [&Tensor; 3]) -> Vec<Vec<f64>> {
+    for t in leaves {
+        t.zero_grad();
+    }
+    out.mul(r).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut v = vec![crate::common::vec64(&out)];
+    v.extend(leaves.iter().map(|t| crate::common::vec64(&t.grad().unwrap())));
+    v
+}
+
+/// Asserts that the fused and unfused results (value, d/dx, d/dw, d/db) agree.
+fn same(what: &str, fused: &[Vec<f64>], apart: &[Vec<f64>]) {
+    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(apart)) {
+        crate::common::assert_close(&format!("{what} {name}"), f, a, 1e-12, 1e-12);
+    }
+}
+
+fn upstream(shape: [usize; 4], seed: u64) -> Tensor {
+    Tensor::from_vec(crate::common::values(shape.iter().product(), seed, -1.0, 1.0), shape, Device::Cpu).unwrap()
+}
+
 #[test]
 fn conv2d_relu_fused() {
     let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
@@ -182,56 +205,25 @@ fn conv2d_relu_fused() {
     gradcheck("conv2d_relu", &[x.clone(), w.clone(), b.clone()], |v| v[0].conv2d_relu(&v[1], Some(&v[2]), opt));
     // Sequential fuses a Conv2d followed by a Relu: the same values and gradients as the two
     // ops one after the other.
-    use kiln::nn::{Conv2d, Module, Relu, Sequential};
+    use kiln::nn::{Conv2d, MaxPool2d, Module, Relu, Sequential};
     let conv = Conv2d { weight: w.clone(), bias: Some(b.clone()), options: opt };
     let model = Sequential::new().add(conv).add(Relu);
-    let r =
-        Tensor::from_vec(crate::common::values(10 * 3 * 5 * 4, 383, -1.0, 1.0), [10, 3, 5, 4], Device::Cpu).unwrap();
-    let grads = |out: Tensor| {
-        for t in [&x, &w, &b] {
-            t.zero_grad();
-        }
-        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let v = crate::common::vec64(&out);
-        [
-            v,
-            crate::common::vec64(&x.grad().unwrap()),
-            crate::common::vec64(&w.grad().unwrap()),
-            crate::common::vec64(&b.grad().unwrap()),
-        ]
-    };
-    let fused = grads(model.forward(&x).unwrap());
-    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap());
-    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
-        crate::common::assert_close(&format!("Sequential conv+relu {name}"), f, a, 1e-12, 1e-12);
-    }
+    let r = upstream([10, 3, 5, 4], 383);
+    let fused = value_and_grads(model.forward(&x).unwrap(), &r, [&x, &w, &b]);
+    let apart = value_and_grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap(), &r, [&x, &w, &b]);
+    same("Sequential conv+relu", &fused, &apart);
 
     // With a 2x2 max pool after the ReLU (odd 5x4 output: the last row is dropped).
     gradcheck("conv2d_relu_maxpool2", &[x.clone(), w.clone(), b.clone()], |v| {
         v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), opt)
     });
+    let unfused =
+        |x: &Tensor| x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap();
     let conv = Conv2d { weight: w.clone(), bias: Some(b.clone()), options: opt };
-    let model = Sequential::new().add(conv).add(Relu).add(kiln::nn::MaxPool2d::new(2));
-    let r =
-        Tensor::from_vec(crate::common::values(10 * 3 * 2 * 2, 384, -1.0, 1.0), [10, 3, 2, 2], Device::Cpu).unwrap();
-    let grads = |out: Tensor| {
-        for t in [&x, &w, &b] {
-            t.zero_grad();
-        }
-        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let v = crate::common::vec64(&out);
-        [
-            v,
-            crate::common::vec64(&x.grad().unwrap()),
-            crate::common::vec64(&w.grad().unwrap()),
-            crate::common::vec64(&b.grad().unwrap()),
-        ]
-    };
-    let fused = grads(model.forward(&x).unwrap());
-    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap());
-    for (name, (f, a)) in ["output", "d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
-        crate::common::assert_close(&format!("Sequential conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
-    }
+    let model = Sequential::new().add(conv).add(Relu).add(MaxPool2d::new(2));
+    let r = upstream([10, 3, 2, 2], 384);
+    let fused = value_and_grads(model.forward(&x).unwrap(), &r, [&x, &w, &b]);
+    same("Sequential conv+relu+pool", &fused, &value_and_grads(unfused(&x), &r, [&x, &w, &b]));
     // An odd 5x5 output: the last row and the last column belong to no window.
     let x = leaf(&[3, 2, 5, 5], 385, -1.0, 1.0);
     gradcheck("conv2d_relu_maxpool2, 5x5", &[x, w.clone(), b.clone()], |v| {
@@ -240,20 +232,9 @@ fn conv2d_relu_fused() {
     // 43 such images: several backward tasks of 8 images (the last one shorter), each
     // image reusing its task's scratch buffers; against the unfused ops.
     let x = leaf(&[43, 2, 5, 5], 386, -1.0, 1.0);
-    let r =
-        Tensor::from_vec(crate::common::values(43 * 3 * 2 * 2, 387, -1.0, 1.0), [43, 3, 2, 2], Device::Cpu).unwrap();
-    let grads = |out: Tensor| {
-        for t in [&x, &w, &b] {
-            t.zero_grad();
-        }
-        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        [&x, &w, &b].map(|t| crate::common::vec64(&t.grad().unwrap()))
-    };
-    let fused = grads(x.conv2d_relu_maxpool2(&w, Some(&b), opt).unwrap());
-    let apart = grads(x.conv2d(&w, Some(&b), opt).unwrap().relu().unwrap().max_pool2d((2, 2), (2, 2), (0, 0)).unwrap());
-    for (name, (f, a)) in ["d/dx", "d/dw", "d/db"].iter().zip(fused.iter().zip(&apart)) {
-        crate::common::assert_close(&format!("43 images conv+relu+pool {name}"), f, a, 1e-12, 1e-12);
-    }
+    let r = upstream([43, 3, 2, 2], 387);
+    let fused = value_and_grads(x.conv2d_relu_maxpool2(&w, Some(&b), opt).unwrap(), &r, [&x, &w, &b]);
+    same("43 images conv+relu+pool", &fused, &value_and_grads(unfused(&x), &r, [&x, &w, &b]));
 }
 
 #[test]
