@@ -181,7 +181,9 @@ pub fn copy(k: &dyn Launcher, from: DType, to: DType, x: u64, xl: &Layout, y: u6
     k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
 
-/// out[r] = sum / max / min of row r of a contiguous [rows, cols] matrix.
+/// out[r] = sum / max / min of row r of a contiguous [rows, cols] matrix (`out` of `dtype`),
+/// or for `ArgMax` / `ArgMin` the I64 index of the row's max / min by the CPU backend's tie
+/// and NaN rules (`out` I64; cols >= 1).
 pub fn reduce_rows(
     k: &dyn Launcher,
     dtype: DType,
@@ -191,40 +193,18 @@ pub fn reduce_rows(
     x: u64,
     out: u64,
 ) -> Result<()> {
-    let mut code = match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Max => 1,
-        ReduceOp::Min => 2,
-        _ => return Err(Error::invalid("reduce_rows", format!("{op:?} has no CUDA kernel yet"))),
+    let (family, mut code) = match op {
+        ReduceOp::Sum => ("reduce_rows", 0),
+        ReduceOp::Max => ("reduce_rows", 1),
+        ReduceOp::Min => ("reduce_rows", 2),
+        ReduceOp::ArgMax => ("arg_rows", 0),
+        ReduceOp::ArgMin => ("arg_rows", 1),
     };
-    let name = format!("reduce_rows_{}", suffix("reduce", dtype)?);
-    check_grid("reduce_rows", rows)?;
-    let (mut cols, mut x, mut out) = (cols as i64, x, out);
-    let mut args = [arg(&mut cols), arg(&mut code), arg(&mut x), arg(&mut out)];
-    k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)
-}
-
-/// The I64 index of each row's max (`ArgMax`) or min (`ArgMin`) of a contiguous
-/// [rows, cols] matrix (cols >= 1), by the CPU backend's tie and NaN rules.
-pub fn arg_rows(
-    k: &dyn Launcher,
-    dtype: DType,
-    op: ReduceOp,
-    rows: usize,
-    cols: usize,
-    x: u64,
-    out: u64,
-) -> Result<()> {
-    let mut code: i32 = match op {
-        ReduceOp::ArgMax => 0,
-        ReduceOp::ArgMin => 1,
-        _ => return Err(Error::invalid("arg_rows", format!("{op:?} is not an arg-reduction"))),
-    };
-    if cols == 0 {
-        return Err(Error::invalid("arg_rows", "an arg-reduction over an empty dimension"));
+    if family == "arg_rows" && cols == 0 {
+        return Err(Error::invalid("reduce_rows", format!("{op:?} over an empty dimension")));
     }
-    let name = format!("arg_rows_{}", suffix("argmax", dtype)?);
-    check_grid("arg_rows", rows)?;
+    let name = format!("{family}_{}", suffix("reduce", dtype)?);
+    check_grid("reduce_rows", rows)?;
     let (mut cols, mut x, mut out) = (cols as i64, x, out);
     let mut args = [arg(&mut cols), arg(&mut code), arg(&mut x), arg(&mut out)];
     k.launch(&name, (rows as u32, 1, 1), (BLOCK, 1, 1), 0, &mut args)

@@ -372,12 +372,8 @@ pub fn reduce(s: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Resu
     }
     let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
     let rows = to_contiguous_as(s, &l.permute(&perm), s.dtype)?;
-    if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
-        let out = s.new_like(DType::I64, outer)?;
-        kernels::arg_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
-        return Ok(out);
-    }
-    let out = s.new_like(s.dtype, outer)?;
+    let out_dtype = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { DType::I64 } else { s.dtype };
+    let out = s.new_like(out_dtype, outer)?;
     kernels::reduce_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
     Ok(out)
 }

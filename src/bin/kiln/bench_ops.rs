@@ -31,6 +31,7 @@ fn line(device: Device, op: &str, extra: serde_json::Value) {
 }
 
 pub fn run(device: Device, mb: usize, gemm: &[usize]) -> Result<()> {
+    anyhow::ensure!((1..=1 << 20).contains(&mb), "--mb must be 1..=1048576 (MiB per operand), not {mb}");
     let n = (mb << 20) / 4;
     let a = Tensor::randn(vec![n], DType::F32, Device::Cpu)?.to_device(device)?;
     let b = Tensor::randn(vec![n], DType::F32, Device::Cpu)?.to_device(device)?;
