@@ -365,6 +365,34 @@ fn conv2d_matches_direct_convolution() {
 }
 
 #[test]
+fn conv2d_few_taps_matches_direct_convolution() {
+    // First-layer shapes (few input channels, stride 1, output rows at least 8 wide) take the
+    // CPU's direct route instead of im2col + GEMM: rows that are and are not multiples of 8
+    // wide, padding, groups, channel counts that are not multiples of 4, kernels 3, 4 and 5
+    // wide (taps in blocks of 3 with a remainder).
+    let cases: [(&[usize], &[usize], Conv2dOptions); 6] = [
+        (&[5, 1, 12, 13], &[6, 1, 3, 3], Conv2dOptions::default()),
+        (&[3, 3, 9, 10], &[5, 3, 3, 3], Conv2dOptions { padding: (1, 1), ..Default::default() }),
+        (&[3, 4, 8, 9], &[6, 2, 3, 3], Conv2dOptions { padding: (1, 2), groups: 2, ..Default::default() }),
+        (&[2, 1, 12, 12], &[3, 1, 5, 5], Conv2dOptions::default()),
+        (&[2, 1, 6, 12], &[4, 1, 2, 4], Conv2dOptions { padding: (0, 1), ..Default::default() }),
+        (&[9, 1, 28, 28], &[32, 1, 3, 3], Conv2dOptions::default()),
+    ];
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        for (i, (xs, ws, o)) in cases.iter().enumerate() {
+            let x = rand_t(xs, 90 + i as u64, dtype);
+            let w = rand_t(ws, 100 + i as u64, dtype);
+            let b = rand_t(&[ws[0]], 110 + i as u64, dtype);
+            let want = naive_conv(&Nd::of(&x), &Nd::of(&w), Some(&Nd::of(&b)), *o);
+            let got = x.conv2d(&w, Some(&b), *o).unwrap();
+            assert_eq!(got.dims(), &want.shape[..], "{xs:?} {ws:?} {o:?}");
+            assert_close(&format!("conv2d {dtype:?} {xs:?} {ws:?} {o:?}"), &vec64(&got), &want.data, tol, tol);
+        }
+    }
+}
+
+#[test]
 fn max_pool_2x2_ties_and_nan() {
     // The 2x2 / stride-2 fast path keeps the general rules: the first of equal values wins
     // (its gradient goes there), and a NaN wins over numbers.

@@ -173,6 +173,26 @@ fn conv2d_batched_backward() {
     gradcheck("conv2d, frozen weight", &[x], |v| v[0].conv2d(&wd, None, opt));
 }
 
+#[test]
+fn conv2d_few_taps_backward() {
+    // The CPU's direct route (few input channels, stride 1, rows at least 8 wide): its weight
+    // gradient masks the lanes where a row's last 8-wide chunk overlaps the one before it
+    // (10 wide here), sums kernel taps in blocks of 3 (16 taps: a block of 1 left), and adds
+    // over more images than one backward task takes.
+    let opt = Conv2dOptions { padding: (1, 0), ..Default::default() };
+    let x = leaf(&[10, 2, 4, 13], 390, -1.0, 1.0);
+    let w = leaf(&[5, 2, 2, 4], 391, -1.0, 1.0);
+    let b = leaf(&[5], 392, -1.0, 1.0);
+    gradcheck("conv2d, few taps", &[x.clone(), w.clone(), b.clone()], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    // The MNIST CNN's first layer: ReLU and 2x2 pooling fused, an input without gradient.
+    let xd = leaf(&[3, 1, 12, 11], 393, -1.0, 1.0).detach();
+    let w = leaf(&[6, 1, 3, 3], 394, -1.0, 1.0);
+    let b = leaf(&[6], 395, -1.0, 1.0);
+    gradcheck("conv2d_relu_maxpool2, few taps", &[w, b], |v| {
+        xd.conv2d_relu_maxpool2(&v[0], Some(&v[1]), Conv2dOptions::default())
+    });
+}
+
 /// `out`'s values and the gradients of `leaves` under the upstream gradient `r` (a random
 /// tensor of out's shape): what a fused op and its unfused ops must agree on.
 fn value_and_grads(out: Tensor, r: &Tensor, leaves: [&Tensor; 3]) -> Vec<Vec<f64>> {
@@ -239,20 +259,30 @@ fn conv2d_relu_fused() {
 
 #[test]
 fn conv2d_f32_gradients_match_f64() {
-    // The f32 kernels against the f64 ones, which the finite differences above check.
-    let opt = Conv2dOptions { padding: (1, 1), groups: 2, ..Default::default() };
-    let f64s = [leaf(&[9, 4, 6, 5], 370, -1.0, 1.0), leaf(&[6, 2, 3, 3], 371, -1.0, 1.0), leaf(&[6], 372, -1.0, 1.0)];
-    let f32s: Vec<Tensor> =
-        f64s.iter().map(|t| t.detach().to_dtype(DType::F32).unwrap().requires_grad_().unwrap()).collect();
-    let r = crate::common::values(9 * 6 * 6 * 5, 373, -1.0, 1.0);
-    for set in [&f64s[..], &f32s[..]] {
-        let out = set[0].conv2d(&set[1], Some(&set[2]), opt).unwrap();
-        let r = Tensor::from_vec(r.clone(), out.shape().clone(), Device::Cpu).unwrap().to_dtype(out.dtype()).unwrap();
-        out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-    }
-    for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(f32s.iter().zip(&f64s)) {
-        let (ga, gb) = (crate::common::vec64(&a.grad().unwrap()), crate::common::vec64(&b.grad().unwrap()));
-        crate::common::assert_close(&format!("f32 conv2d d/d {name}"), &ga, &gb, 1e-4, 1e-4);
+    // The f32 kernels against the f64 ones, which the finite differences above check: the
+    // im2col + GEMM route, and the direct route of few-tap layers (its f32 loops are
+    // hand-written AVX2 on CPUs that have it), rows 13 wide (a last chunk overlapping).
+    let cases = [
+        ([9, 4, 6, 5], [6, 2, 3, 3], Conv2dOptions { padding: (1, 1), groups: 2, ..Default::default() }),
+        ([7, 2, 9, 13], [7, 2, 2, 2], Conv2dOptions { padding: (1, 1), ..Default::default() }),
+    ];
+    for (i, (xs, ws, opt)) in cases.into_iter().enumerate() {
+        let s = 370 + 10 * i as u64;
+        let f64s = [leaf(&xs, s, -1.0, 1.0), leaf(&ws, s + 1, -1.0, 1.0), leaf(&[ws[0]], s + 2, -1.0, 1.0)];
+        let f32s: Vec<Tensor> =
+            f64s.iter().map(|t| t.detach().to_dtype(DType::F32).unwrap().requires_grad_().unwrap()).collect();
+        let out_len = f64s[0].conv2d(&f64s[1], None, opt).unwrap().elem_count();
+        let r = crate::common::values(out_len, s + 3, -1.0, 1.0);
+        for set in [&f64s[..], &f32s[..]] {
+            let out = set[0].conv2d(&set[1], Some(&set[2]), opt).unwrap();
+            let r =
+                Tensor::from_vec(r.clone(), out.shape().clone(), Device::Cpu).unwrap().to_dtype(out.dtype()).unwrap();
+            out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        }
+        for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(f32s.iter().zip(&f64s)) {
+            let (ga, gb) = (crate::common::vec64(&a.grad().unwrap()), crate::common::vec64(&b.grad().unwrap()));
+            crate::common::assert_close(&format!("f32 conv2d {xs:?} {ws:?} d/d {name}"), &ga, &gb, 1e-4, 1e-4);
+        }
     }
 }
 

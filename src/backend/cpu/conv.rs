@@ -8,6 +8,9 @@
 //! per step). Images run in parallel; the weight and bias gradients are summed per fixed
 //! block of images and then over blocks in order, so results do not depend on scheduling.
 //!
+//! Layers with few taps per output (a first layer: c/groups·kh·kw <= 32, stride 1) skip
+//! im2col for their forward and weight gradient: `conv_direct.rs`.
+//!
 //! `im2col` / `col2im` over a whole batch remain for `unfold2d` (and avg_pool2d).
 
 use super::matmul::{gemm_into, Mat};
@@ -43,7 +46,7 @@ impl ConvGeom {
         oh * ow
     }
     /// Rows of one group's columns (and columns of its weight matrix): c/groups · kh · kw.
-    fn group_rows(&self) -> usize {
+    pub(super) fn group_rows(&self) -> usize {
         self.c / self.groups * self.win.kernel.0 * self.win.kernel.1
     }
     fn image_len(&self) -> usize {
@@ -153,30 +156,42 @@ pub fn conv2d_backward(
     })
 }
 
+/// One image [c, h, w] convolved into `dst` [o, l] by im2col (into `cols`) and one GEMM per
+/// group, the bias included.
+fn conv_gemm_image<T: Float>(image: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, cols: &mut [T], dst: &mut [T]) {
+    let (l, rows, groups) = (geom.l(), geom.group_rows(), geom.groups);
+    let og = geom.o / groups;
+    im2col_image(image, geom, cols);
+    // The bias is the GEMM's starting value: no separate pass over the output.
+    if let Some(b) = b {
+        for (row, &bv) in dst.chunks_mut(l).zip(b) {
+            row.fill(bv);
+        }
+    }
+    for gi in 0..groups {
+        gemm_into(
+            og,
+            l,
+            rows,
+            &mut dst[gi * og * l..][..og * l],
+            b.is_some(),
+            Mat::rows(&w[gi * og * rows..][..og * rows], rows),
+            Mat::rows(&cols[gi * rows * l..][..rows * l], l),
+            geom.par(),
+        );
+    }
+}
+
 fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
     let (o, l, rows, groups) = (geom.o, geom.l(), geom.group_rows(), geom.groups);
-    let og = o / groups;
-    let par = geom.par();
-    // One image's convolution (+ ReLU) into `dst` [o, l], its columns in `cols`.
-    let conv_image = |i: usize, cols: &mut [T], dst: &mut [T]| {
-        im2col_image(&x[i * geom.image_len()..][..geom.image_len()], geom, cols);
-        // The bias is the GEMM's starting value: no separate pass over the output.
-        if let Some(b) = b {
-            for (row, &bv) in dst.chunks_mut(l).zip(b) {
-                row.fill(bv);
-            }
-        }
-        for gi in 0..groups {
-            gemm_into(
-                og,
-                l,
-                rows,
-                &mut dst[gi * og * l..][..og * l],
-                b.is_some(),
-                Mat::rows(&w[gi * og * rows..][..og * rows], rows),
-                Mat::rows(&cols[gi * rows * l..][..rows * l], l),
-                par,
-            );
+    // One image's convolution (+ ReLU) into `dst` [o, l].
+    let direct = super::conv_direct::applies(geom);
+    let conv_image = |i: usize, (cols, pad): &mut (Vec<T>, Vec<T>), dst: &mut [T]| {
+        let image = &x[i * geom.image_len()..][..geom.image_len()];
+        if direct {
+            super::conv_direct::forward_image(image, w, b, geom, pad, dst);
+        } else {
+            conv_gemm_image(image, w, b, geom, cols, dst);
         }
         if epi != Epilogue::None {
             for v in dst.iter_mut() {
@@ -184,11 +199,12 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
             }
         }
     };
-    let scratch = || vec![T::zero(); groups * rows * l];
+    // Per task: the columns of one image (GEMM route) and its padded copy (direct route).
+    let scratch = || (vec![T::zero(); if direct { 0 } else { groups * rows * l }], Vec::new());
     if epi != Epilogue::ReluMaxPool2 {
         let mut out = super::zeroed::<T>(geom.n * o * l);
         if !out.is_empty() {
-            out.par_chunks_mut(o * l).enumerate().for_each_init(scratch, |cols, (i, dst)| conv_image(i, cols, dst));
+            out.par_chunks_mut(o * l).enumerate().for_each_init(scratch, |s, (i, dst)| conv_image(i, s, dst));
         }
         return (out, None);
     }
@@ -199,8 +215,8 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
     if !out.is_empty() {
         out.par_chunks_mut(o * pooled).zip(idx.par_chunks_mut(o * pooled)).enumerate().for_each_init(
             || (scratch(), vec![T::zero(); o * l]),
-            |(cols, conv), (i, (dst, di))| {
-                conv_image(i, cols, conv);
+            |(s, conv), (i, (dst, di))| {
+                conv_image(i, s, conv);
                 for ((plane, vo), io) in
                     conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
                 {
@@ -231,13 +247,15 @@ fn conv2d_backward_t<T: Float>(
     let (n, o, l, rows, groups) = (geom.n, geom.o, geom.l(), geom.group_rows(), geom.groups);
     let (og, img) = (o / groups, geom.image_len());
     let par = geom.par();
+    let direct = super::conv_direct::applies(geom);
     // The images [first, first + dx.len() / img) of one task; `dx` is empty when not needed.
     let block = |first: usize, count: usize, dx: &mut [T]| -> Partial<T> {
         let mut p = Partial {
             dw: if need_dw { vec![T::zero(); o * rows] } else { Vec::new() },
             db: if need_db { vec![0.0; o] } else { Vec::new() },
         };
-        let mut cols = vec![T::zero(); if need_dw || need_dx { groups * rows * l } else { 0 }];
+        let mut cols = vec![T::zero(); if (need_dw && !direct) || need_dx { groups * rows * l } else { 0 }];
+        let mut pad = Vec::new();
         let mut masked = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];
         let (oh, ow) = geom.out_hw();
         let pooled = (oh / 2) * (ow / 2);
@@ -276,7 +294,9 @@ fn conv2d_backward_t<T: Float>(
                     *acc += sum_f64(row);
                 }
             }
-            if need_dw {
+            if need_dw && direct {
+                super::conv_direct::weight_grad_image(gi_img, &x[i * img..][..img], geom, &mut pad, &mut p.dw);
+            } else if need_dw {
                 // dW[grp] (og x rows) += g[grp] (og x l) @ cols[grp]ᵀ (l x rows).
                 im2col_image(&x[i * img..][..img], geom, &mut cols);
                 for grp in 0..groups {
@@ -335,13 +355,14 @@ fn conv2d_backward_t<T: Float>(
     [need_dx.then_some(dx), dw, db]
 }
 
-/// Σ v in f64 (as the reductions do), over 8 lanes so the loop vectorises.
+/// Σ v in f64 (as the reductions do), over 16 lanes: the loop vectorises into 4 independent
+/// chains of f64 adds (with 8 lanes, 2 chains waited on the add latency).
 fn sum_f64<T: Float>(v: &[T]) -> f64 {
     super::simd::vectorize(
         #[inline(always)]
         || {
-            let mut lanes = [0.0f64; 8];
-            let chunks = v.chunks_exact(8);
+            let mut lanes = [0.0f64; 16];
+            let chunks = v.chunks_exact(16);
             let tail: f64 = chunks.remainder().iter().map(|&x| x.to_f64()).sum();
             for c in chunks {
                 for (a, &x) in lanes.iter_mut().zip(c) {

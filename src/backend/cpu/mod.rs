@@ -5,6 +5,7 @@
 //! storage. Half types (F16, BF16) are widened to f32 for the math and narrowed back.
 
 mod conv;
+mod conv_direct;
 mod elementwise;
 mod index;
 mod matmul;
@@ -216,6 +217,9 @@ pub(crate) trait Float: num_traits::Float + WithDType + Default + Send + Sync + 
     fn view<'v>(v: &'v FloatView<'_>) -> std::borrow::Cow<'v, [Self]>;
     /// A kernel's result as storage of the caller's `dtype` (half types narrowed again).
     fn into_storage(v: Vec<Self>, dtype: DType) -> CpuStorage;
+    /// The slice as f32 when this is f32 (kernels with hand-written f32 SIMD paths).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 impl Float for f32 {
     fn erf(self) -> f32 {
@@ -230,6 +234,12 @@ impl Float for f32 {
     fn into_storage(v: Vec<f32>, dtype: DType) -> CpuStorage {
         from_f32(v, dtype)
     }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 impl Float for f64 {
     fn erf(self) -> f64 {
@@ -243,6 +253,12 @@ impl Float for f64 {
     }
     fn into_storage(v: Vec<f64>, _dtype: DType) -> CpuStorage {
         CpuStorage::new(CpuData::F64(v))
+    }
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
     }
 }
 
