@@ -43,7 +43,7 @@ pub use error::{DistErrorKind, Error, Result};
 pub use ops::Conv2dOptions;
 pub use rng::{global_state as rng_state, manual_seed, set_global_state as set_rng_state, Generator};
 pub use shape::{Layout, Shape};
-pub use tensor::Tensor;
+pub use tensor::{GradHook, Tensor};
 
 /// Memory held by tensors, for tests and benchmarks.
 pub mod memory {

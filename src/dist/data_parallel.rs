@@ -1,27 +1,125 @@
 //! A model's parameters and gradients kept in step across ranks: parameters broadcast from
 //! rank 0 once, gradients summed after every backward in buckets of about 25 MB (one
 //! collective per bucket instead of one per tensor, and a bounded staging buffer).
+//!
+//! Overlap, as PyTorch's DDP: buckets hold the parameters in reverse order (the last
+//! layer's gradients are ready first), and with [`DataParallel::begin_backward`] armed, a
+//! hook on each parameter stages its gradient the moment backward has accumulated it; a
+//! bucket whose gradients are all in goes to the communication thread at once, while
+//! backward goes on with the layers before. [`DataParallel::finish_gradients`] sends what
+//! is left and writes the sums back. Buckets always go out in bucket order, so every rank
+//! issues the same collectives in the same order whatever its timing.
 
 use super::{Communicator, ReduceOp};
 use crate::backend::cpu::CpuData;
 use crate::backend::Storage;
 use crate::{DType, Error, Layout, Result, Tensor};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
-/// Data-parallel glue for one rank: its communicator and the model's parameters.
+/// The communication thread's answers, one per job, in order.
+type Replies = Receiver<Result<Vec<f32>>>;
+
+/// A collective for the communication thread; each is answered with its result buffer.
+enum Job {
+    AllReduce(Vec<f32>),
+    Broadcast(Vec<f32>, usize),
+}
+
+/// The buckets: which parameters each holds, and where each parameter sits.
+struct Buckets {
+    /// Per bucket: parameter indices, in staging order.
+    params: Vec<Vec<usize>>,
+    /// Per bucket: elements.
+    len: Vec<usize>,
+    /// Per parameter: (bucket, offset in the bucket, elements).
+    at: Vec<(usize, usize, usize)>,
+}
+
+/// One step's gradients on their way: what the hooks and `finish_gradients` share.
+struct Step {
+    /// This rank's weight while armed (between begin_backward and finish_gradients).
+    armed: Option<f32>,
+    /// Per parameter: its gradient is staged.
+    ready: Vec<bool>,
+    /// Per bucket: its staging buffer, until it is sent.
+    bufs: Vec<Option<Vec<f32>>>,
+    /// Buckets sent so far this step (always a prefix, in bucket order).
+    sent: usize,
+    /// Buckets sent from hooks, while backward still ran (this step).
+    sent_early: usize,
+}
+
+struct Shared {
+    buckets: Buckets,
+    step: Mutex<Step>,
+    jobs: Sender<Job>,
+}
+
+impl Shared {
+    fn step(&self) -> MutexGuard<'_, Step> {
+        self.step.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stages `scale × grad` (zeros for None) as parameter `pi`'s share of its bucket.
+    fn stage(&self, step: &mut Step, pi: usize, grad: Option<Tensor>, scale: f32) -> Result<()> {
+        let (b, off, n) = self.buckets.at[pi];
+        let Some(buf) = step.bufs[b].as_mut() else {
+            return Err(Error::invalid(
+                "DataParallel",
+                format!("parameter {pi}'s gradient arrived after its bucket {b} was sent (two backward passes in one step?)"),
+            ));
+        };
+        let dst = &mut buf[off..off + n];
+        match grad {
+            Some(g) if g.elem_count() != n => {
+                return Err(Error::invalid(
+                    "DataParallel",
+                    format!("parameter {pi} has {n} elements but a gradient of shape {}", g.shape()),
+                ))
+            }
+            Some(g) => read_f32(&g, dst, scale)?,
+            None => dst.fill(0.0),
+        }
+        step.ready[pi] = true;
+        Ok(())
+    }
+
+    /// Sends every bucket, in order, whose gradients are all staged; returns how many.
+    fn send_ready(&self, step: &mut Step) -> Result<usize> {
+        let first = step.sent;
+        while step.sent < self.buckets.params.len() && self.buckets.params[step.sent].iter().all(|&p| step.ready[p]) {
+            let buf = step.bufs[step.sent].take().expect("an unsent bucket has its buffer");
+            self.jobs.send(Job::AllReduce(buf)).map_err(|_| comm_gone())?;
+            step.sent += 1;
+        }
+        Ok(step.sent - first)
+    }
+}
+
+fn comm_gone() -> Error {
+    Error::invalid("DataParallel", "the communication thread has stopped (an earlier collective failed)")
+}
+
+/// Data-parallel glue for one rank: its communicator (on a communication thread of its
+/// own) and the model's parameters.
 pub struct DataParallel {
-    comm: Box<dyn Communicator>,
     params: Vec<Tensor>,
-    /// Parameter index ranges, one per bucket, in parameter order.
-    buckets: Vec<std::ops::Range<usize>>,
-    buf: Vec<f32>,
+    shared: Arc<Shared>,
+    replies: Replies,
+    /// (parameter, hook id) of the hooks to remove on drop.
+    hooks: Vec<(Tensor, usize)>,
+    rank: usize,
+    world: usize,
 }
 
 impl DataParallel {
-    /// Groups `params` into buckets of at most `bucket_bytes` (a larger tensor gets a bucket
-    /// of its own). Parameters must be f32 and on the CPU.
+    /// Groups `params` into buckets of at most `bucket_bytes`, last parameter first (a larger
+    /// tensor gets a bucket of its own), and hooks each parameter that takes gradients.
+    /// Parameters must be f32 and contiguous.
     pub fn new(comm: Box<dyn Communicator>, params: Vec<Tensor>, bucket_bytes: usize) -> Result<DataParallel> {
         for p in &params {
             if p.dtype() != DType::F32 {
@@ -39,114 +137,212 @@ impl DataParallel {
             }
         }
         let limit = (bucket_bytes / 4).max(1);
-        let mut buckets = Vec::new();
-        let (mut start, mut elems) = (0, 0);
-        for (i, p) in params.iter().enumerate() {
-            if elems > 0 && elems + p.elem_count() > limit {
-                buckets.push(start..i);
-                (start, elems) = (i, 0);
+        let mut buckets = Buckets { params: Vec::new(), len: Vec::new(), at: vec![(0, 0, 0); params.len()] };
+        for (i, p) in params.iter().enumerate().rev() {
+            let n = p.elem_count();
+            match buckets.len.last_mut() {
+                Some(len) if *len > 0 && *len + n <= limit => {
+                    buckets.at[i] = (buckets.params.len() - 1, *len, n);
+                    *len += n;
+                    buckets.params.last_mut().expect("a bucket").push(i);
+                }
+                _ => {
+                    buckets.at[i] = (buckets.params.len(), 0, n);
+                    buckets.params.push(vec![i]);
+                    buckets.len.push(n);
+                }
             }
-            elems += p.elem_count();
         }
-        if start < params.len() {
-            buckets.push(start..params.len());
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let (jobs, replies) = spawn_comm_thread(comm)?;
+        let step = Step {
+            armed: None,
+            ready: vec![false; params.len()],
+            bufs: buckets.len.iter().map(|&n| Some(vec![0.0; n])).collect(),
+            sent: 0,
+            sent_early: 0,
+        };
+        let shared = Arc::new(Shared { buckets, step: Mutex::new(step), jobs });
+        let mut dp = DataParallel { params, shared, replies, hooks: Vec::new(), rank, world };
+        for (pi, p) in dp.params.iter().enumerate() {
+            if !(p.is_leaf() && p.requires_grad()) {
+                continue;
+            }
+            let shared = Arc::clone(&dp.shared);
+            let id = p.register_post_accumulate_grad_hook(move |t| {
+                let mut step = shared.step();
+                let Some(w) = step.armed else { return Ok(()) };
+                shared.stage(&mut step, pi, t.grad(), w)?;
+                let n = shared.send_ready(&mut step)?;
+                step.sent_early += n;
+                Ok(())
+            })?;
+            dp.hooks.push((p.clone(), id));
         }
-        Ok(DataParallel { comm, params, buckets, buf: Vec::new() })
+        Ok(dp)
     }
 
     pub fn rank(&self) -> usize {
-        self.comm.rank()
+        self.rank
     }
     pub fn world_size(&self) -> usize {
-        self.comm.world_size()
-    }
-    pub fn communicator(&mut self) -> &mut dyn Communicator {
-        self.comm.as_mut()
+        self.world
     }
     /// Number of buckets the gradients travel in.
     pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
+        self.shared.buckets.params.len()
+    }
+    /// Buckets of the last step that were sent while backward still ran.
+    pub fn buckets_sent_during_backward(&self) -> usize {
+        self.shared.step().sent_early
+    }
+
+    /// Runs one collective on the communication thread and waits for it. Not while a step
+    /// is armed: its buckets' replies would come first.
+    fn collective(&self, job: Job) -> Result<Vec<f32>> {
+        if self.shared.step().armed.is_some() {
+            return Err(Error::invalid("DataParallel", "a collective between begin_backward and finish_gradients"));
+        }
+        self.shared.jobs.send(job).map_err(|_| comm_gone())?;
+        self.replies.recv().map_err(|_| comm_gone())?
     }
 
     /// Overwrites every rank's parameters with rank 0's.
     pub fn broadcast_parameters(&mut self) -> Result<()> {
-        for b in self.buckets.clone() {
-            let len = self.pack(b.clone(), |p| Ok(Some(p.clone())), 1.0)?;
-            self.comm.broadcast(&mut self.buf[..len], 0)?;
-            let mut off = 0;
-            for p in &self.params[b] {
-                let n = p.elem_count();
-                write_f32(p, &self.buf[off..off + n])?;
-                off += n;
+        for bucket in &self.shared.buckets.params {
+            let mut buf = Vec::new();
+            for &pi in bucket {
+                let p = &self.params[pi];
+                let at = buf.len();
+                buf.resize(at + p.elem_count(), 0.0);
+                read_f32(p, &mut buf[at..], 1.0)?;
             }
+            let buf = self.collective(Job::Broadcast(buf, 0))?;
+            let mut off = 0;
+            for &pi in bucket {
+                let p = &self.params[pi];
+                write_f32(p, &buf[off..off + p.elem_count()])?;
+                off += p.elem_count();
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the hooks for one step: from now on each parameter's gradient, once backward
+    /// has accumulated it, is staged as `weight ×` the gradient, and every complete bucket is
+    /// all-reduced while backward goes on. Call [`DataParallel::finish_gradients`] after
+    /// backward (also when this rank ran none: its gradients count as zeros).
+    pub fn begin_backward(&mut self, weight: f64) -> Result<()> {
+        let mut step = self.shared.step();
+        if step.armed.is_some() {
+            return Err(Error::invalid("DataParallel", "begin_backward twice without finish_gradients"));
+        }
+        step.armed = Some(weight as f32);
+        step.ready.fill(false);
+        step.sent = 0;
+        step.sent_early = 0;
+        Ok(())
+    }
+
+    /// Sends the buckets the hooks did not (parameters whose gradients never arrived count as
+    /// zeros), waits for every bucket, and replaces each parameter's gradient by the sum
+    /// over ranks.
+    pub fn finish_gradients(&mut self) -> Result<()> {
+        let weight = self.shared.step().armed;
+        let Some(w) = weight else {
+            return Err(Error::invalid("DataParallel", "finish_gradients without begin_backward"));
+        };
+        let result = self.send_rest_and_collect(w);
+        self.shared.step().armed = None;
+        result
+    }
+
+    fn send_rest_and_collect(&mut self, w: f32) -> Result<()> {
+        {
+            let mut step = self.shared.step();
+            for pi in 0..self.params.len() {
+                let (b, _, _) = self.shared.buckets.at[pi];
+                if b >= step.sent && !step.ready[pi] {
+                    self.shared.stage(&mut step, pi, self.params[pi].grad(), w)?;
+                }
+            }
+            self.shared.send_ready(&mut step)?;
+        }
+        for (b, bucket) in self.shared.buckets.params.iter().enumerate() {
+            let buf = self.replies.recv().map_err(|_| comm_gone())??;
+            for &pi in bucket {
+                let (_, off, n) = self.shared.buckets.at[pi];
+                let p = &self.params[pi];
+                p.set_grad(Some(Tensor::from_vec(buf[off..off + n].to_vec(), p.shape().clone(), p.device())?));
+            }
+            // The buffer goes back for the next step (every element is staged again).
+            self.shared.step().bufs[b] = Some(buf);
         }
         Ok(())
     }
 
     /// Replaces every parameter's gradient by the sum over ranks of `weight ×` the rank's
-    /// gradient (a parameter without a gradient counts as zeros). With `weight` = this rank's
-    /// share of the global batch (its samples / all samples), the result is the gradient of
-    /// the mean loss over the global batch, as one process training on all of it would get.
+    /// gradient (a parameter without a gradient counts as zeros), after backward. With
+    /// `weight` = this rank's share of the global batch (its samples / all samples), the
+    /// result is the gradient of the mean loss over the global batch, as one process
+    /// training on all of it would get. (`begin_backward` before the backward overlaps the
+    /// same work with it.)
     pub fn all_reduce_gradients(&mut self, weight: f64) -> Result<()> {
-        for b in self.buckets.clone() {
-            let len = self.pack(b.clone(), |p| Ok(p.grad()), weight as f32)?;
-            self.comm.all_reduce(&mut self.buf[..len], ReduceOp::Sum)?;
-            let mut off = 0;
-            for p in &self.params[b] {
-                let n = p.elem_count();
-                let g = Tensor::from_vec(self.buf[off..off + n].to_vec(), p.shape().clone(), p.device())?;
-                p.set_grad(Some(g));
-                off += n;
-            }
-        }
-        Ok(())
+        self.begin_backward(weight)?;
+        self.finish_gradients()
     }
 
     /// Sums f64 values (metrics: loss sums, counts) over ranks. Each value travels as two
     /// f32s, its f32 rounding and the remainder, so sums keep about 48 bits of precision.
     pub fn all_reduce_f64(&mut self, values: &mut [f64]) -> Result<()> {
-        let mut split: Vec<f32> = values
+        let split: Vec<f32> = values
             .iter()
             .flat_map(|&v| {
                 let hi = v as f32;
                 [hi, (v - hi as f64) as f32]
             })
             .collect();
-        self.comm.all_reduce(&mut split, ReduceOp::Sum)?;
+        let split = self.collective(Job::AllReduce(split))?;
         for (v, pair) in values.iter_mut().zip(split.chunks_exact(2)) {
             *v = pair[0] as f64 + pair[1] as f64;
         }
         Ok(())
     }
+}
 
-    /// Copies `scale ×` the tensor `get` picks from each parameter of `range` into the
-    /// staging buffer (zeros where it picks none); returns the length used.
-    fn pack(
-        &mut self,
-        range: std::ops::Range<usize>,
-        get: impl Fn(&Tensor) -> Result<Option<Tensor>>,
-        scale: f32,
-    ) -> Result<usize> {
-        let len: usize = self.params[range.clone()].iter().map(|p| p.elem_count()).sum();
-        self.buf.clear();
-        self.buf.resize(len, 0.0);
-        let mut off = 0;
-        for p in &self.params[range] {
-            let n = p.elem_count();
-            if let Some(t) = get(p)? {
-                if t.shape() != p.shape() {
-                    return Err(Error::ShapeMismatch {
-                        op: "DataParallel",
-                        lhs: p.shape().clone(),
-                        rhs: t.shape().clone(),
-                    });
-                }
-                read_f32(&t, &mut self.buf[off..off + n], scale)?;
-            }
-            off += n;
+impl Drop for DataParallel {
+    /// Unhooks the parameters (they may outlive this); the communication thread ends once
+    /// its queue is empty (its channel closes with the last `Shared`).
+    fn drop(&mut self) {
+        for (p, id) in self.hooks.drain(..) {
+            p.remove_grad_hook(id);
         }
-        Ok(len)
     }
+}
+
+/// The communicator on a thread of its own, answering jobs in order.
+fn spawn_comm_thread(mut comm: Box<dyn Communicator>) -> Result<(Sender<Job>, Replies)> {
+    let (jobs, job_rx) = channel::<Job>();
+    let (reply_tx, replies) = channel();
+    let name = format!("kiln-dp-comm-{}", comm.rank());
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            for job in job_rx {
+                let r = match job {
+                    Job::AllReduce(mut buf) => comm.all_reduce(&mut buf, ReduceOp::Sum).map(|()| buf),
+                    Job::Broadcast(mut buf, root) => comm.broadcast(&mut buf, root).map(|()| buf),
+                };
+                let failed = r.is_err();
+                if reply_tx.send(r).is_err() || failed {
+                    // A failed collective leaves the ring in an unknown state: stop here, so
+                    // later jobs fail at once instead of mixing up their peers.
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::invalid("DataParallel", format!("cannot start the communication thread: {e}")))?;
+    Ok((jobs, replies))
 }
 
 /// `out = scale × t`, in row-major order.

@@ -23,7 +23,17 @@ pub(crate) struct TensorInner {
     requires_grad: AtomicBool,
     node: Option<Arc<Node>>,
     grad: Mutex<Option<Tensor>>,
+    /// Run after backward accumulates this leaf's gradient, with the id each was given.
+    grad_hooks: Mutex<Vec<(usize, GradHook)>>,
 }
+
+/// A function run after a backward pass has accumulated a leaf's gradient (PyTorch's
+/// `register_post_accumulate_grad_hook`), given the leaf. Data-parallel training uses it to
+/// start a bucket's all-reduce as soon as the bucket's last gradient is in, while backward
+/// still runs for the layers before.
+pub type GradHook = Arc<dyn Fn(&Tensor) -> Result<()> + Send + Sync>;
+
+static NEXT_HOOK: AtomicUsize = AtomicUsize::new(1);
 
 /// An n-dimensional array that records the ops applied to it for reverse-mode autograd.
 #[derive(Clone)]
@@ -49,6 +59,7 @@ impl Tensor {
             requires_grad: AtomicBool::new(false),
             node,
             grad: Mutex::new(None),
+            grad_hooks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -219,13 +230,46 @@ impl Tensor {
         *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = g;
     }
 
+    /// Adds `g` to the leaf's gradient, then runs its hooks (outside the gradient's lock,
+    /// so a hook may read `grad()`).
     pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
-        let mut slot = self.0.grad.lock().unwrap_or_else(|p| p.into_inner());
-        *slot = Some(match slot.take() {
-            Some(prev) => prev.add(&g)?,
-            None => g.contiguous()?,
-        });
+        {
+            let mut slot = self.0.grad.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = Some(match slot.take() {
+                Some(prev) => prev.add(&g)?,
+                None => g.contiguous()?,
+            });
+        }
+        let hooks: Vec<GradHook> =
+            self.0.grad_hooks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, h)| h.clone()).collect();
+        for hook in hooks {
+            hook(self)?;
+        }
         Ok(())
+    }
+
+    /// Registers `hook` to run each time a backward pass has accumulated this leaf's
+    /// gradient (once per backward, after all of that pass's contributions are summed).
+    /// Returns an id for [`Tensor::remove_grad_hook`]. Only leaves that require gradients
+    /// receive gradients, so only they take hooks.
+    pub fn register_post_accumulate_grad_hook(
+        &self,
+        hook: impl Fn(&Tensor) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<usize> {
+        if !self.is_leaf() || !self.requires_grad() {
+            return Err(Error::invalid(
+                "register_post_accumulate_grad_hook",
+                format!("only a leaf that requires grad accumulates gradients (shape {})", self.shape()),
+            ));
+        }
+        let id = NEXT_HOOK.fetch_add(1, Ordering::Relaxed);
+        self.0.grad_hooks.lock().unwrap_or_else(|p| p.into_inner()).push((id, Arc::new(hook)));
+        Ok(id)
+    }
+
+    /// Removes the hook `id` registered on this tensor (no-op when it is not there).
+    pub fn remove_grad_hook(&self, id: usize) {
+        self.0.grad_hooks.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
     }
 
     /// Computes gradients of this scalar w.r.t. every leaf that requires them; they add up

@@ -96,6 +96,12 @@ pub fn train_epoch(
         }
         let n = batch.targets.elem_count();
         opt.zero_grad();
+        if let Some(dp) = dist.as_deref_mut() {
+            // Each rank's loss is the mean over its share; weighting by the share makes the
+            // sum the mean over the global batch. Armed before backward, so that buckets are
+            // all-reduced while backward still runs.
+            dp.begin_backward(n as f64 / loader.global_batch_len(b).max(1) as f64)?;
+        }
         // A rank whose share of a short last batch is empty still joins the all-reduce.
         let (l, logits) = if n > 0 {
             let logits = model.forward(&batch.inputs)?;
@@ -111,9 +117,7 @@ pub fn train_epoch(
             (0.0, None)
         };
         if let Some(dp) = dist.as_deref_mut() {
-            // Each rank's loss is the mean over its share; weighting by the share makes the
-            // sum the mean over the global batch.
-            dp.all_reduce_gradients(n as f64 / loader.global_batch_len(b).max(1) as f64)?;
+            dp.finish_gradients()?;
         }
         if let Some(max) = cfg.clip_grad_norm {
             crate::optim::clip_grad_norm(&model.parameters(), max)?;

@@ -153,3 +153,78 @@ fn devices_without_a_gpu_is_a_clear_error() {
     let err = kiln::train::run(&cfg, Device::Cpu).unwrap_err();
     assert!(matches!(err, kiln::Error::DeviceUnavailable { .. }), "{err}");
 }
+
+/// Three Linear layers: the first layer's gradients are the last that backward computes.
+fn deep_model() -> Sequential {
+    Sequential::new()
+        .add(Linear::new(FEATURES, 16, true, Device::Cpu).unwrap())
+        .add(Relu)
+        .add(Linear::new(16, 16, true, Device::Cpu).unwrap())
+        .add(Relu)
+        .add(Linear::new(16, CLASSES, true, Device::Cpu).unwrap())
+}
+
+/// One step on `rank`'s half of a fixed batch of 32: loss, backward, gradients summed over
+/// 2 ranks, either overlapped (hooks armed before backward) or after backward. Returns the
+/// summed gradients and how many buckets were out when the first layer's weight got its
+/// gradient.
+fn one_step(
+    rank: usize,
+    comm: Box<dyn kiln::dist::Communicator>,
+    overlap: bool,
+) -> kiln::Result<(Vec<Vec<f32>>, usize)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let m = kiln::rng::scoped(5, deep_model);
+    let params = m.parameters();
+    // One bucket per parameter (6), the last layer's first.
+    let dp = Arc::new(Mutex::new(DataParallel::new(comm, params.clone(), 1)?));
+    assert_eq!(dp.lock().unwrap().bucket_count(), 6);
+    let out_then = Arc::new(AtomicUsize::new(usize::MAX));
+    let (d, o) = (Arc::clone(&dp), Arc::clone(&out_then));
+    // Registered after DataParallel's own hook, so it runs after that one on this parameter.
+    params[0].register_post_accumulate_grad_hook(move |_| {
+        o.store(d.lock().unwrap().buckets_sent_during_backward(), Ordering::SeqCst);
+        Ok(())
+    })?;
+    let data = dataset();
+    let batch = kiln::data::Dataset::get_batch(data.as_ref(), &(rank * 16..rank * 16 + 16).collect::<Vec<_>>())?;
+    if overlap {
+        dp.lock().unwrap().begin_backward(0.5)?;
+    }
+    m.forward(&batch.inputs)?.cross_entropy(&batch.targets, 0.0)?.backward()?;
+    if overlap {
+        dp.lock().unwrap().finish_gradients()?;
+    } else {
+        dp.lock().unwrap().all_reduce_gradients(0.5)?;
+    }
+    let grads = params.iter().map(|p| p.grad().expect("a gradient").to_vec::<f32>()).collect::<kiln::Result<_>>()?;
+    Ok((grads, out_then.load(Ordering::SeqCst)))
+}
+
+#[test]
+fn gradient_buckets_go_out_while_backward_runs() {
+    let run =
+        |overlap| run_workers(2, Duration::from_secs(30), move |rank, comm| one_step(rank, comm, overlap)).unwrap();
+    let (overlapped, after) = (run(true), run(false));
+    for rank in 0..2 {
+        // Overlapped: when the first layer's weight got its gradient, the buckets of the two
+        // later layers (4 parameters) were already on their way.
+        assert!(overlapped[rank].1 >= 4, "rank {rank}: {} buckets out", overlapped[rank].1);
+        assert_eq!(after[rank].1, 0, "rank {rank}: nothing goes out before all_reduce_gradients");
+        // The same buckets, so the same sums, to the bit, on both ranks and both ways.
+        for (i, (a, b)) in overlapped[rank].0.iter().zip(&after[0].0).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "rank {rank}, parameter {i}");
+        }
+    }
+    // And the sums are the mean gradient of the whole batch of 32, computed in one process.
+    let m = kiln::rng::scoped(5, deep_model);
+    let data = dataset();
+    let batch = kiln::data::Dataset::get_batch(data.as_ref(), &(0..32).collect::<Vec<_>>()).unwrap();
+    m.forward(&batch.inputs).unwrap().cross_entropy(&batch.targets, 0.0).unwrap().backward().unwrap();
+    for (i, (p, got)) in m.parameters().iter().zip(&after[0].0).enumerate() {
+        let want = p.grad().unwrap().to_vec::<f32>().unwrap();
+        let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-6, "parameter {i}: max |diff| {diff}");
+    }
+}
