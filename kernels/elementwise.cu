@@ -84,6 +84,39 @@ KILN_BINARY(binary_f32, float);
 KILN_BINARY(binary_f16, __half);
 KILN_BINARY(binary_bf16, __nv_bfloat16);
 
+// A condition's truth as the CPU backend tests it: != 0 in its own type (float ones compare
+// as floats: -0.0 is false, NaN is true; f16/bf16 widened to float first).
+__device__ __forceinline__ bool kiln_truth(float c) { return c != 0.0f; }
+__device__ __forceinline__ bool kiln_truth(double c) { return c != 0.0; }
+__device__ __forceinline__ bool kiln_truth(int64_t c) { return c != 0; }
+__device__ __forceinline__ bool kiln_truth(__half c) { return __half2float(c) != 0.0f; }
+__device__ __forceinline__ bool kiln_truth(__nv_bfloat16 c) { return __bfloat162float(c) != 0.0f; }
+
+// where: out (contiguous, n elements) = c ? a : b, all three viewed through l (broadcast =
+// stride 0). The values are moved as raw bits of their width (u16: f16/bf16, u32: f32,
+// u64: f64/i64): selecting never converts.
+#define KILN_WHERE(NAME, C, V)                                                               \
+    KILN_KERNEL void NAME(int64_t n, KilnStrided3 l, const C* __restrict__ c,              \
+                          const V* __restrict__ a, const V* __restrict__ b, V* __restrict__ out) { \
+        KILN_FOR_EACH(i, n) {                                                                \
+            int64_t oc, oa, ob;                                                              \
+            kiln_offset3(l, i, oc, oa, ob);                                                  \
+            out[i] = kiln_truth(c[oc]) ? a[oa] : b[ob];                                      \
+        }                                                                                    \
+    }                                                                                        \
+    KILN_REGISTER(NAME)
+
+#define KILN_WHERE_WIDTHS(COND, C)                                                           \
+    KILN_WHERE(where_##COND##_b16, C, uint16_t);                                             \
+    KILN_WHERE(where_##COND##_b32, C, uint32_t);                                             \
+    KILN_WHERE(where_##COND##_b64, C, uint64_t)
+
+KILN_WHERE_WIDTHS(f32, float);
+KILN_WHERE_WIDTHS(f64, double);
+KILN_WHERE_WIDTHS(f16, __half);
+KILN_WHERE_WIDTHS(bf16, __nv_bfloat16);
+KILN_WHERE_WIDTHS(i64, int64_t);
+
 // Strided copy (contiguous(), cast between float types): y[i] = x[l(i)].
 #define KILN_COPY(NAME, TI, TO)                                                              \
     KILN_KERNEL void NAME(int64_t n, KilnStrided1 l, const TI* __restrict__ x, TO* __restrict__ y) { \

@@ -25,6 +25,18 @@ struct KilnStrided2 {
     int64_t off1;
 };
 
+struct KilnStrided3 {
+    int32_t rank;
+    int32_t pad_;
+    int64_t dims[KILN_MAX_RANK];
+    int64_t s0[KILN_MAX_RANK];
+    int64_t s1[KILN_MAX_RANK];
+    int64_t s2[KILN_MAX_RANK];
+    int64_t off0;
+    int64_t off1;
+    int64_t off2;
+};
+
 // Element offsets of linear output index i in one or two operands: peel the row-major
 // multi-index from the last dim. Divisions cost, but these kernels are memory-bound.
 __device__ __forceinline__ int64_t kiln_offset1(const KilnStrided1& l, int64_t i) {
@@ -45,6 +57,19 @@ __device__ __forceinline__ void kiln_offset2(const KilnStrided2& l, int64_t i, i
         i /= l.dims[d];
         o0 += c * l.s0[d];
         o1 += c * l.s1[d];
+    }
+}
+
+__device__ __forceinline__ void kiln_offset3(const KilnStrided3& l, int64_t i, int64_t& o0, int64_t& o1, int64_t& o2) {
+    o0 = l.off0;
+    o1 = l.off1;
+    o2 = l.off2;
+    for (int d = l.rank - 1; d >= 0; --d) {
+        const int64_t c = i % l.dims[d];
+        i /= l.dims[d];
+        o0 += c * l.s0[d];
+        o1 += c * l.s1[d];
+        o2 += c * l.s2[d];
     }
 }
 

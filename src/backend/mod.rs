@@ -170,9 +170,9 @@ impl Storage {
             (Storage::Cpu(c), Storage::Cpu(a), Storage::Cpu(b)) => {
                 cpu::where_cond(c, l, a, la, b, lb).map(Storage::Cpu)
             }
-            (Storage::Cuda(c), Storage::Cuda(a), Storage::Cuda(b)) => cu::host("host:where", || {
-                upload(c, cpu::where_cond(&on_cpu(c)?, l, &on_cpu(a)?, la, &on_cpu(b)?, lb)?).map(Storage::Cuda)
-            }),
+            (Storage::Cuda(c), Storage::Cuda(a), Storage::Cuda(b)) => {
+                cu::where_cond(c, l, a, la, b, lb).map(Storage::Cuda)
+            }
             (c, a, _) => Err(mixed("where", c.device(), a.device())),
         }
     }

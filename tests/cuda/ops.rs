@@ -146,6 +146,38 @@ fn where_and_masked_fill() {
     let (a, b) = (randn(&[9, 31], DType::F32, 5), randn(&[9, 31], DType::F32, 6));
     check("where", &[a.clone(), b.clone()], |v| Tensor::where_cond(&v[0].gt(&v[1])?, &v[0], &v[1]));
     check("masked_fill", &[a.clone(), b.clone()], |v| v[0].masked_fill(&v[1].gt(&v[0])?, -3.0));
+    // A broadcast [9, 1] condition, a [31] row and a transposed operand, in every float type.
+    let (col, at) = (randn(&[9, 1], DType::F32, 7), randn(&[31, 9], DType::F32, 8));
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+        let [c, a, b, at] = [&col, &a, &b, &at].map(|t| t.to_dtype(dtype).unwrap());
+        check(&format!("where {dtype:?}, broadcast"), &[c, b.narrow(0, 2, 1).unwrap(), at], |v| {
+            Tensor::where_cond(&v[0].gt(&v[0].zeros_like()?)?, &v[1], &v[2].t()?)
+        });
+        check(&format!("masked_fill {dtype:?}"), &[a.clone(), b.clone()], |v| v[0].masked_fill(&v[1].lt(&v[0])?, 2.5));
+    }
+    // Conditions of every dtype, with the CPU's truth rules: -0.0 is false, NaN is true.
+    let conds = [0.0, -0.0, f64::NAN, 2.0, -1.0, 0.0, 1e-30, f64::INFINITY, 0.0, -0.0, 3.0];
+    let n = conds.len();
+    let (x, y) = (randn(&[n], DType::F32, 9), randn(&[n], DType::F32, 10));
+    for cd in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let c = Tensor::from_vec(conds.to_vec(), [n], Device::Cpu).unwrap().to_dtype(cd).unwrap();
+        check(&format!("where, {cd:?} condition"), &[c, x.clone(), y.clone()], |v| {
+            Tensor::where_cond(&v[0], &v[1], &v[2])
+        });
+    }
+    let ci = Tensor::from_vec(vec![0i64, 5, -1, 0, 1, 0, 0, 7, 0, 2, 0], [n], Device::Cpu).unwrap();
+    check("where, I64 condition", &[ci.clone(), x.clone(), y.clone()], |v| Tensor::where_cond(&v[0], &v[1], &v[2]));
+    // I64 values (moved as raw bits like every other type).
+    let ints =
+        |f: fn(i64) -> i64| Tensor::from_vec((0..n as i64).map(f).collect::<Vec<_>>(), [n], Device::Cpu).unwrap();
+    let (xi, yi) = (ints(|i| 3 * i + 1), ints(|i| i64::MAX - i));
+    check("where, I64 values", &[ci.clone(), xi, yi], |v| Tensor::where_cond(&v[0], &v[1], &v[2]));
+    // All of it on the device's kernel, not the host path.
+    kiln::profile::start();
+    let (cd, xd, yd) = (ci.to_device(dev()).unwrap(), x.to_device(dev()).unwrap(), y.to_device(dev()).unwrap());
+    Tensor::where_cond(&cd, &xd, &yd).unwrap();
+    let ops: Vec<String> = kiln::profile::stop().totals().into_iter().map(|(name, ..)| name).collect();
+    assert!(ops.iter().any(|n| n == "where") && !ops.iter().any(|n| n.starts_with("host:")), "{ops:?}");
 }
 
 #[test]

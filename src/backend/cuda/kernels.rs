@@ -35,6 +35,21 @@ pub struct Strided2 {
     off1: i64,
 }
 
+/// `KilnStrided3` of kernels/strided.cuh.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Strided3 {
+    rank: i32,
+    pad: i32,
+    dims: [i64; MAX_RANK],
+    s0: [i64; MAX_RANK],
+    s1: [i64; MAX_RANK],
+    s2: [i64; MAX_RANK],
+    off0: i64,
+    off1: i64,
+    off2: i64,
+}
+
 fn fill(dst: &mut [i64; MAX_RANK], src: &[usize]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = s as i64;
@@ -86,6 +101,55 @@ impl Strided2 {
         fill(&mut s.s1, b.strides());
         Ok(s)
     }
+}
+
+impl Strided3 {
+    /// Three views already broadcast to the same shape.
+    pub fn new(a: &Layout, b: &Layout, c: &Layout) -> Result<Strided3> {
+        check_rank("cuda", a)?;
+        let mut s = Strided3 {
+            rank: a.dims().len() as i32,
+            pad: 0,
+            dims: [1; MAX_RANK],
+            s0: [0; MAX_RANK],
+            s1: [0; MAX_RANK],
+            s2: [0; MAX_RANK],
+            off0: a.offset() as i64,
+            off1: b.offset() as i64,
+            off2: c.offset() as i64,
+        };
+        fill(&mut s.dims, a.dims());
+        fill(&mut s.s0, a.strides());
+        fill(&mut s.s1, b.strides());
+        fill(&mut s.s2, c.strides());
+        Ok(s)
+    }
+}
+
+/// out[i] = cond[lc(i)] != 0 ? a[la(i)] : b[lb(i)] (the three layouts broadcast to the
+/// output shape). Any condition dtype; the values of `dtype` are moved as raw bits, so every
+/// dtype works.
+pub fn where_cond(
+    k: &dyn Launcher,
+    cond_dtype: DType,
+    dtype: DType,
+    (c, lc): (u64, &Layout),
+    (a, la): (u64, &Layout),
+    (b, lb): (u64, &Layout),
+    out: u64,
+) -> Result<()> {
+    let cond = match cond_dtype {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I64 => "i64",
+    };
+    let name = format!("where_{cond}_b{}", 8 * dtype.size_in_bytes());
+    let mut n = lc.elem_count() as i64;
+    let (mut l, mut c, mut a, mut b, mut out) = (Strided3::new(lc, la, lb)?, c, a, b, out);
+    let mut args = [arg(&mut n), arg(&mut l), arg(&mut c), arg(&mut a), arg(&mut b), arg(&mut out)];
+    k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
 
 /// The kernel-name suffix of a GPU dtype.

@@ -3,7 +3,7 @@
 //!
 //! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
 //! copies and casts, sum/max/min/argmax/argmin reductions, softmax, fused cross-entropy, fused Adam,
-//! index_select/gather/index_add/scatter_add), matmul goes to cuBLAS, and conv2d with its
+//! index_select/gather/index_add/scatter_add, where), matmul goes to cuBLAS, and conv2d with its
 //! fused epilogues, im2col/col2im and max pooling are composed in conv.rs. The others still
 //! take the host path: copy to the CPU, run the CPU reference, copy back. That is correct
 //! (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the profiler shows
@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 /// The families that still compute on the host (see the module docs).
 pub const HOST_PATH: &[&str] = &[
-    "where",
     "index_add, scatter_add (f16/bf16: no half atomics)",
     "copy_into (strided destination)",
     "f64/i64 arithmetic (conv2d included)",
@@ -237,6 +236,23 @@ pub fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: Bi
     let out = a.new_like(a.dtype, la.elem_count())?;
     if la.elem_count() > 0 {
         kernels::binary(a.launcher(), a.dtype, op, a.ptr(), la, b.ptr(), lb, out.ptr())?;
+    }
+    Ok(out)
+}
+
+/// out = cond != 0 ? a : b, elementwise; the three layouts broadcast to the output shape.
+/// Every dtype (values are selected as raw bits), any condition dtype.
+pub fn where_cond(
+    c: &CudaStorage,
+    lc: &Layout,
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+) -> Result<CudaStorage> {
+    let out = a.new_like(a.dtype, lc.elem_count())?;
+    if lc.elem_count() > 0 {
+        kernels::where_cond(a.launcher(), c.dtype, a.dtype, (c.ptr(), lc), (a.ptr(), la), (b.ptr(), lb), out.ptr())?;
     }
     Ok(out)
 }
