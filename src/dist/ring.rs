@@ -27,6 +27,17 @@ pub fn chunk(i: usize, n: usize, len: usize) -> Range<usize> {
     (i * len / n)..((i + 1) * len / n)
 }
 
+/// Elements per message: a chunk travels as segments of at most this many (256 KiB), so
+/// that a rank adds and forwards one segment while the next is on the wire.
+pub const SEGMENT: usize = 1 << 16;
+
+/// The segments of a chunk, in order; an empty chunk is one empty segment (every rank sends
+/// and receives the same messages whatever the lengths).
+pub fn segments(c: Range<usize>) -> impl Iterator<Item = Range<usize>> {
+    let count = c.len().div_ceil(SEGMENT).max(1);
+    (0..count).map(move |k| (c.start + k * SEGMENT).min(c.end)..(c.start + (k + 1) * SEGMENT).min(c.end))
+}
+
 /// Which collective a message belongs to, so a rank that runs a different one than its
 /// neighbour is reported instead of mixing buffers.
 #[derive(Clone, Copy)]
@@ -92,23 +103,35 @@ impl<L: Link> Communicator for RingComm<L> {
             let mut scratch = std::mem::take(&mut self.scratch);
             let result = (|| -> Result<()> {
                 let link = self.link()?;
-                // Reduce-scatter: step s sends chunk r-s and adds in chunk r-s-1.
-                for s in 0..n - 1 {
-                    let send = chunk((r + n - s) % n, n, len);
-                    let recv = chunk((r + 2 * n - s - 1) % n, n, len);
-                    link.send(t, &buf[send])?;
-                    scratch.resize(recv.len(), 0.0);
-                    link.recv(t, &mut scratch)?;
-                    for (d, x) in buf[recv].iter_mut().zip(&scratch) {
-                        *d += *x;
-                    }
+                // 2(N-1) steps: reduce-scatter (step s sends chunk r-s and adds chunk r-s-1 in),
+                // after which rank r holds the full sum of chunk r+1, then all-gather (step s
+                // passes complete chunk r+1-s on and takes chunk r-s). The chunk received at
+                // one step is the chunk sent at the next, so each segment goes out again as
+                // soon as it is in: receiving, adding and sending overlap (a pipeline), and
+                // the link never waits for a whole chunk.
+                let steps = 2 * (n - 1);
+                let recv_chunk = |step: usize| {
+                    let i = if step < n - 1 { r + 2 * n - step - 1 } else { r + 2 * n - (step - (n - 1)) };
+                    chunk(i % n, n, len)
+                };
+                for seg in segments(chunk(r, n, len)) {
+                    link.send(t, &buf[seg])?;
                 }
-                // All-gather: rank r now holds the full chunk r+1; pass complete chunks on.
-                for s in 0..n - 1 {
-                    let send = chunk((r + 1 + n - s) % n, n, len);
-                    let recv = chunk((r + n - s) % n, n, len);
-                    link.send(t, &buf[send])?;
-                    link.recv(t, &mut buf[recv])?;
+                for step in 0..steps {
+                    for seg in segments(recv_chunk(step)) {
+                        if step < n - 1 {
+                            scratch.resize(seg.len(), 0.0);
+                            link.recv(t, &mut scratch)?;
+                            for (d, x) in buf[seg.clone()].iter_mut().zip(&scratch) {
+                                *d += *x;
+                            }
+                        } else {
+                            link.recv(t, &mut buf[seg.clone()])?;
+                        }
+                        if step + 1 < steps {
+                            link.send(t, &buf[seg])?;
+                        }
+                    }
                 }
                 Ok(())
             })();

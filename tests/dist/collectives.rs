@@ -31,9 +31,11 @@ fn check_all_reduce(results: &[Vec<f32>], sum: &[f64], scale: f64, what: &str) {
     }
 }
 
-/// Lengths 0..10,000 including the edge cases: empty, shorter than the world, odd sizes.
+/// Lengths 0..10,000 including the edge cases: empty, shorter than the world, odd sizes; and
+/// one long enough (5 x 65,536 + 3) that chunks travel as several 65,536-element segments
+/// (3 for 2 ranks, 2 for 3 and 4, exactly one full segment for 5).
 fn lengths() -> Vec<usize> {
-    let mut v = vec![0, 1, 2, 3, 4, 5, 7, 64, 1000, 9999];
+    let mut v = vec![0, 1, 2, 3, 4, 5, 7, 64, 1000, 9999, 5 * kiln::dist::ring::SEGMENT + 3];
     v.extend(random_f32(99, 6).iter().map(|x| ((x + 1.0) * 5000.0) as usize));
     v
 }
