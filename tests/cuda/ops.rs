@@ -473,3 +473,32 @@ fn tf32_switch_reaches_cublas() {
     assert!(off < 1e-5, "f32 GEMM error {off}");
     assert!(on > 10.0 * off && on < 2e-2, "TF32 GEMM error {on} (f32: {off})");
 }
+
+#[test]
+fn uploads_arrive_whole_and_in_order() {
+    // On a GPU uploads go through pinned staging slots (16 MiB pieces, 4 slots round-robin)
+    // and return before the device copy completes: a tensor larger than two slots, several
+    // uploads in a row that reuse the slots, and kernels right after them must all see the
+    // bytes as they were when uploaded.
+    // (On the emulated device, which copies directly, a small one: its kernels are slow.)
+    let gpu = matches!(dev(), Device::Cuda(_));
+    let big: Vec<f32> = (0..if gpu { 9 << 20 } else { 1 << 16 }).map(|i| (i % 1000) as f32 - 500.0).collect();
+    let before = kiln::backend::cuda::device::get(dev()).unwrap().staged_uploads();
+    let t = Tensor::from_vec(big.clone(), [big.len()], Device::Cpu).unwrap().to_device(dev()).unwrap();
+    let mut ups = Vec::new();
+    for k in 0..6 {
+        let v: Vec<f32> = (0..100_000).map(|i| (i * (k + 1)) as f32).collect();
+        ups.push((v.clone(), Tensor::from_vec(v, [100_000], Device::Cpu).unwrap().to_device(dev()).unwrap()));
+    }
+    let neg = t.neg().unwrap().to_vec::<f32>().unwrap();
+    assert!(neg.iter().zip(&big).all(|(a, b)| *a == -*b), "a 36 MB upload (on a GPU), negated on the device");
+    for (k, (v, d)) in ups.iter().enumerate() {
+        assert_eq!(&d.to_vec::<f32>().unwrap(), v, "upload {k}");
+    }
+    let after = kiln::backend::cuda::device::get(dev()).unwrap().staged_uploads();
+    if gpu {
+        assert!(after.0 >= before.0 + 7 && after.1 >= before.1 + 4 * big.len(), "{before:?} -> {after:?}");
+    } else {
+        assert_eq!(after, (0, 0), "the emulated device copies directly");
+    }
+}

@@ -11,6 +11,7 @@ use super::blas::{Blas, Cublas, HostBlas};
 use super::emu::EmuLauncher;
 use super::gpu::GpuLauncher;
 use super::launch::Launcher;
+use super::staging::{GpuEngine, Stager};
 use crate::{Device, Error, Result};
 use cudarc::driver::CudaContext;
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub struct CudaDev {
     blas: Box<dyn Blas>,
     /// The GPU's context (None on the emulated device), made current before each copy.
     ctx: Option<Arc<CudaContext>>,
+    /// Pinned staging for uploads that do not block the host (GPU only; staging.rs).
+    stager: Option<Mutex<Stager<GpuEngine>>>,
 }
 
 impl std::fmt::Debug for CudaDev {
@@ -48,16 +51,20 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
                 launcher: Box::new(EmuLauncher),
                 blas: Box::new(HostBlas),
                 ctx: None,
+                stager: None,
             });
             // The same self-test as a GPU's, so the test itself is checked in CI.
             self_test(&dev)?;
             dev
         }
         Device::Cuda(n) => {
-            // Everything runs on the legacy default stream for now: launches and the
-            // synchronous copies are then ordered without events.
+            // Everything runs on the legacy default stream: launches, cuBLAS, the synchronous
+            // copies and the staged uploads are ordered without cross-stream events (see
+            // staging.rs for what a separate copy stream would need).
             let launcher = GpuLauncher::new(n)?;
             let ctx = launcher.context().clone();
+            ctx.bind_to_thread().map_err(|e| Error::DeviceUnavailable { device, msg: format!("binding: {e}") })?;
+            let stager = Stager::new(GpuEngine)?;
             let dev = Arc::new(CudaDev {
                 device,
                 alloc: CachingAllocator::new(Box::new(GpuMemory::new(n)?)),
@@ -65,6 +72,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
                 // TF32 stays off: f32 matmuls give f32 results unless a user asks otherwise.
                 blas: Box::new(Cublas::new(n, false)?),
                 ctx: Some(ctx),
+                stager: Some(Mutex::new(stager)),
             });
             self_test(&dev)?;
             dev
@@ -167,7 +175,8 @@ impl CudaDev {
         self.alloc.alloc(bytes, 0)
     }
 
-    /// Host → device.
+    /// Host → device. On a GPU it returns once `src` has been read (into pinned staging):
+    /// the device copy runs in stream order, before every kernel and copy queued after it.
     pub fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
@@ -179,9 +188,23 @@ impl CudaDev {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: `dst` is a device allocation of this context of at least src.len() bytes;
-        // the copy is synchronous, so `src` outlives it.
-        unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }.map_err(|e| self.gpu_err("cuMemcpyHtoD", e))
+        match &self.stager {
+            // Staged: returns once `src` is copied to pinned memory; the device copy follows
+            // in stream order, before any kernel queued after this call.
+            Some(stager) => stager.lock().unwrap_or_else(|p| p.into_inner()).upload(dst, src),
+            // SAFETY: `dst` is a device allocation of this context of at least src.len()
+            // bytes; the copy is synchronous, so `src` outlives it.
+            None => unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }
+                .map_err(|e| self.gpu_err("cuMemcpyHtoD", e)),
+        }
+    }
+
+    /// (uploads, bytes) that went through the pinned staging buffers (GPU only).
+    pub fn staged_uploads(&self) -> (usize, usize) {
+        self.stager.as_ref().map_or((0, 0), |s| {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            (s.uploads, s.bytes)
+        })
     }
 
     /// Device → host.

@@ -17,6 +17,7 @@ pub mod launch;
 pub mod memory;
 pub mod nvrtc;
 pub mod probe;
+pub mod staging;
 pub mod storage;
 
 use crate::{Device, Error, Result};
