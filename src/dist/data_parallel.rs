@@ -114,6 +114,9 @@ pub struct DataParallel {
     hooks: Vec<(Tensor, usize)>,
     rank: usize,
     world: usize,
+    /// A step failed half-way: replies may be out of step with requests, so every later
+    /// collective is refused instead of reading another bucket's sums.
+    broken: bool,
 }
 
 impl DataParallel {
@@ -163,7 +166,7 @@ impl DataParallel {
             sent_early: 0,
         };
         let shared = Arc::new(Shared { buckets, step: Mutex::new(step), jobs });
-        let mut dp = DataParallel { params, shared, replies, hooks: Vec::new(), rank, world };
+        let mut dp = DataParallel { params, shared, replies, hooks: Vec::new(), rank, world, broken: false };
         for (pi, p) in dp.params.iter().enumerate() {
             if !(p.is_leaf() && p.requires_grad()) {
                 continue;
@@ -200,6 +203,7 @@ impl DataParallel {
     /// Runs one collective on the communication thread and waits for it. Not while a step
     /// is armed: its buckets' replies would come first.
     fn collective(&self, job: Job) -> Result<Vec<f32>> {
+        self.check_whole()?;
         if self.shared.step().armed.is_some() {
             return Err(Error::invalid("DataParallel", "a collective between begin_backward and finish_gradients"));
         }
@@ -233,6 +237,7 @@ impl DataParallel {
     /// all-reduced while backward goes on. Call [`DataParallel::finish_gradients`] after
     /// backward (also when this rank ran none: its gradients count as zeros).
     pub fn begin_backward(&mut self, weight: f64) -> Result<()> {
+        self.check_whole()?;
         let mut step = self.shared.step();
         if step.armed.is_some() {
             return Err(Error::invalid("DataParallel", "begin_backward twice without finish_gradients"));
@@ -254,7 +259,15 @@ impl DataParallel {
         };
         let result = self.send_rest_and_collect(w);
         self.shared.step().armed = None;
+        self.broken |= result.is_err();
         result
+    }
+
+    fn check_whole(&self) -> Result<()> {
+        if self.broken {
+            return Err(Error::invalid("DataParallel", "an earlier step failed half-way; make a new DataParallel"));
+        }
+        Ok(())
     }
 
     fn send_rest_and_collect(&mut self, w: f32) -> Result<()> {

@@ -228,3 +228,27 @@ fn gradient_buckets_go_out_while_backward_runs() {
         assert!(diff <= 1e-6, "parameter {i}: max |diff| {diff}");
     }
 }
+
+#[test]
+fn a_step_that_fails_half_way_leaves_data_parallel_refusing_collectives() {
+    let results = run_workers(2, Duration::from_secs(20), |rank, comm| {
+        let m = model();
+        let mut dp = DataParallel::new(comm, m.parameters(), 300)?;
+        if rank == 1 {
+            // Leaves before the step: its communicator goes with it.
+            return Ok(None);
+        }
+        dp.begin_backward(1.0)?;
+        let failed = dp.finish_gradients().expect_err("the peer has gone");
+        // Replies may now be out of step with requests: nothing more is attempted.
+        let refused = dp.all_reduce_f64(&mut [1.0]).expect_err("a later collective");
+        let again = dp.begin_backward(1.0).expect_err("a later step");
+        Ok(Some([failed, refused, again].map(|e| e.to_string())))
+    })
+    .unwrap();
+    let [failed, refused, again] = results[0].clone().expect("rank 0's errors");
+    assert!(failed.contains("rank 1"), "{failed}");
+    for e in [refused, again] {
+        assert!(e.contains("earlier step failed"), "{e}");
+    }
+}
