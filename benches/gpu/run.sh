@@ -53,4 +53,11 @@ if want bench; then
         gpu-bin/kiln bench --model $w --epochs $e --rounds 1 --device cuda:0 --tf32 2>/dev/null | tee -a "$out/gpu-bench.jsonl"
         for r in 1 2 3; do "$py" benches/peers/torch_train.py $w $e 16 cuda | tee -a "$out/gpu-bench.jsonl"; done
     done
+    # The larger workload: ResNet-18 on a random 32x32 batch of 128, f32 and TF32, alternating.
+    for r in 1 2; do
+        gpu-bin/kiln bench-resnet --device cuda:0 --steps 30 2>/dev/null | tee -a "$out/gpu-resnet.jsonl"
+        "$py" benches/gpu/torch_resnet.py cuda 128 30 | tee -a "$out/gpu-resnet.jsonl"
+    done
+    gpu-bin/kiln bench-resnet --device cuda:0 --steps 30 --tf32 2>/dev/null | tee -a "$out/gpu-resnet.jsonl"
+    "$py" benches/gpu/torch_resnet.py cuda 128 30 tf32 | tee -a "$out/gpu-resnet.jsonl"
 fi

@@ -10,6 +10,7 @@ mod linear;
 pub mod loss;
 mod norm;
 mod pool;
+mod resnet;
 mod sequential;
 mod spec;
 
@@ -19,6 +20,7 @@ pub use embedding::Embedding;
 pub use linear::Linear;
 pub use norm::{BatchNorm, LayerNorm};
 pub use pool::{AvgPool2d, MaxPool2d};
+pub use resnet::{BasicBlock, ResNet};
 pub use sequential::Sequential;
 pub use spec::LayerSpec;
 

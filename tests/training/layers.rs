@@ -148,3 +148,32 @@ fn sequential_names_specs_and_strict_loading() {
     assert!(matches!(&e, Error::StateDict(s) if s.contains("0.weight") && s.contains("[3, 5]")), "{e}");
     assert_eq!(vec32(&m2.named_parameters()[0].1), before, "a refused load changes nothing");
 }
+
+#[test]
+fn resnet18_has_torchvisions_parameters_names_and_shapes() {
+    let m = nn::ResNet::resnet18(3, 10, CPU).unwrap();
+    // torchvision's resnet18 has 11,689,512 parameters (7x7 stem, 1000 classes); the 32x32
+    // variant's 3x3 stem has 1,728 instead of 9,408 and its 10-class head 5,130 instead of
+    // 513,000: 11,173,962.
+    let n: usize = m.parameters().iter().map(|p| p.elem_count()).sum();
+    assert_eq!(n, 11_689_512 - (9_408 - 1_728) - (513_000 - 5_130));
+    let sd: Vec<(String, Vec<usize>)> = m.state_dict().into_iter().map(|(k, t)| (k, t.dims().to_vec())).collect();
+    let has = |k: &str, dims: &[usize]| {
+        assert!(sd.iter().any(|(n, d)| n == k && d == dims), "{k} {dims:?} missing: {:?}", &sd[..6]);
+    };
+    has("conv1.weight", &[64, 3, 3, 3]);
+    has("bn1.running_var", &[64]);
+    has("layer1.1.conv2.weight", &[64, 64, 3, 3]);
+    has("layer2.0.downsample.0.weight", &[128, 64, 1, 1]);
+    has("layer2.0.downsample.1.bias", &[128]);
+    has("layer4.1.bn2.num_batches_tracked", &[]);
+    has("fc.weight", &[10, 512]);
+    // Three stride-2 stages: 32x32 -> 4x4 before the global pool; any batch size.
+    let x = randn(&[2, 3, 32, 32], 5);
+    assert_eq!(m.forward(&x).unwrap().dims(), &[2, 10]);
+    // eval() reaches every block's BatchNorm: the output no longer depends on the batch.
+    m.eval();
+    let both = vec32(&m.forward(&x).unwrap());
+    let first = vec32(&m.forward(&x.narrow(0, 0, 1).unwrap()).unwrap());
+    assert_close("resnet18 eval, one image vs two", &first, &both[..10], 1e-5, 1e-4);
+}

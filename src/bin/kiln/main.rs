@@ -8,6 +8,7 @@ use kiln::Device;
 use std::path::PathBuf;
 
 mod bench_ops;
+mod bench_resnet;
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: train, evaluate and inspect models")]
@@ -70,6 +71,20 @@ enum Command {
         /// Square matmul sizes.
         #[arg(long, value_delimiter = ',', default_value = "1024,4096,8192")]
         gemm: Vec<usize>,
+    },
+    /// ResNet-18 training steps on a random 32x32 batch (the GPU benchmarks' larger workload).
+    BenchResnet {
+        /// auto, cpu, cuda:N or cuda-emulated
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Timed steps (after two warm-up steps).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// TF32 tensor cores for f32 matmuls and convolutions' GEMMs.
+        #[arg(long)]
+        tf32: bool,
     },
     /// Devices and libraries Kiln can use.
     Info,
@@ -265,6 +280,9 @@ fn main() -> Result<()> {
         }
         Some(Command::Bench { model, epochs, rounds, device, tf32 }) => bench(&model, epochs, rounds, &device, tf32),
         Some(Command::BenchOps { device, mb, gemm }) => bench_ops::run(parse_device(&device)?, mb, &gemm),
+        Some(Command::BenchResnet { device, batch, steps, tf32 }) => {
+            bench_resnet::run(parse_device(&device)?, batch, steps, tf32)
+        }
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
