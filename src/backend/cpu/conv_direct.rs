@@ -27,7 +27,7 @@ const LANES: usize = 8;
 /// Output channels per pass over the input.
 const OB: usize = 4;
 /// Output channels and taps per weight-gradient pass: 9 accumulators, 3 input rows, the
-/// gradient and a lane mask fit the 16 AVX2 registers (4 x 3 accumulators spilled).
+/// gradient and a lane mask fit the 16 AVX2 registers (4 channels x 3 taps did not: spills).
 const WB: usize = 3;
 const TB: usize = 3;
 /// Taps per output channel (c/groups · kh · kw) up to which the direct route is taken.
