@@ -393,6 +393,38 @@ fn conv2d_few_taps_matches_direct_convolution() {
 }
 
 #[test]
+fn conv2d_winograd_matches_direct_convolution() {
+    // 3x3 stride-1 convolutions with at least 16 input and output channels take the CPU's
+    // Winograd F(4x4, 3x3) route: output sides that are and are not multiples of 4 (tiles
+    // cut at the edge), padding on one side only, padding wider than the kernel reaches
+    // (tiles over nothing but zeros), channel counts that are no multiple of anything, and
+    // more images than one block takes (blocks hold ~64 tiles of 4x4 outputs).
+    let cases: [(&[usize], &[usize], (usize, usize)); 4] = [
+        (&[20, 16, 8, 8], &[16, 16, 3, 3], (1, 1)),
+        (&[9, 32, 13, 13], &[24, 32, 3, 3], (0, 0)),
+        (&[3, 16, 5, 18], &[17, 16, 3, 3], (0, 2)),
+        (&[2, 20, 6, 6], &[16, 20, 3, 3], (2, 2)),
+    ];
+    for dtype in [DType::F64, DType::F32] {
+        // The transforms' constants (up to 8 and 1/24) cost accuracy: f32 sums of 144-288
+        // products of values in [-1, 1] (sums of |terms| ~ 40) land within ~5e-5 of the exact
+        // result, where direct summation lands within ~1e-6 (the im2col route's bound above
+        // is 1e-5). A wrong transform is off by O(1).
+        let (atol, rtol) = if dtype == DType::F64 { (1e-12, 1e-12) } else { (1e-4, 1e-5) };
+        for (i, (xs, ws, padding)) in cases.iter().enumerate() {
+            let o = Conv2dOptions { padding: *padding, ..Default::default() };
+            let x = rand_t(xs, 120 + i as u64, dtype);
+            let w = rand_t(ws, 130 + i as u64, dtype);
+            let b = rand_t(&[ws[0]], 140 + i as u64, dtype);
+            let want = naive_conv(&Nd::of(&x), &Nd::of(&w), Some(&Nd::of(&b)), o);
+            let got = x.conv2d(&w, Some(&b), o).unwrap();
+            assert_eq!(got.dims(), &want.shape[..], "{xs:?} {ws:?} {o:?}");
+            assert_close(&format!("conv2d {dtype:?} {xs:?} {ws:?} {o:?}"), &vec64(&got), &want.data, atol, rtol);
+        }
+    }
+}
+
+#[test]
 fn max_pool_2x2_ties_and_nan() {
     // The 2x2 / stride-2 fast path keeps the general rules: the first of equal values wins
     // (its gradient goes there), and a NaN wins over numbers.

@@ -193,6 +193,26 @@ fn conv2d_few_taps_backward() {
     });
 }
 
+#[test]
+fn conv2d_winograd_backward() {
+    // The CPU's Winograd route (3x3, stride 1, >= 16 channels in and out): its backward is
+    // the exact gradient of the tiled forward. 9x9 outputs: 3x3 tiles, the last row and
+    // column of tiles cut; 9 images: two blocks of 8 and 1, so the transformed weight
+    // gradient is summed over blocks before it is transformed back.
+    let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
+    let x = leaf(&[9, 16, 9, 9], 400, -1.0, 1.0);
+    let w = leaf(&[16, 16, 3, 3], 401, -1.0, 1.0);
+    let b = leaf(&[16], 402, -1.0, 1.0);
+    gradcheck("conv2d, winograd", &[x, w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    // The MNIST CNN's second layer, smaller: no padding, ReLU and 2x2 pooling fused.
+    let x = leaf(&[2, 16, 9, 9], 403, -1.0, 1.0);
+    let w = leaf(&[16, 16, 3, 3], 404, -1.0, 1.0);
+    let b = leaf(&[16], 405, -1.0, 1.0);
+    gradcheck("conv2d_relu_maxpool2, winograd", &[x, w, b], |v| {
+        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), Conv2dOptions::default())
+    });
+}
+
 /// `out`'s values and the gradients of `leaves` under the upstream gradient `r` (a random
 /// tensor of out's shape): what a fused op and its unfused ops must agree on.
 fn value_and_grads(out: Tensor, r: &Tensor, leaves: [&Tensor; 3]) -> Vec<Vec<f64>> {

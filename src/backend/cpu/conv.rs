@@ -9,7 +9,9 @@
 //! block of images and then over blocks in order, so results do not depend on scheduling.
 //!
 //! Layers with few taps per output (a first layer: c/groups·kh·kw <= 32, stride 1) skip
-//! im2col for their forward and weight gradient: `conv_direct.rs`.
+//! im2col for their forward and weight gradient: `conv_direct.rs`. 3x3 stride-1 layers
+//! with at least 16 channels in and out run Winograd F(4x4, 3x3) on blocks of images,
+//! forward and backward: `conv_winograd.rs` (`Route` picks; the same route both ways).
 //!
 //! `im2col` / `col2im` over a whole batch remain for `unfold2d` (and avg_pool2d).
 
@@ -184,27 +186,33 @@ fn conv_gemm_image<T: Float>(image: &[T], w: &[T], b: Option<&[T]>, geom: &ConvG
 
 fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: Epilogue) -> Out<T> {
     let (o, l, rows, groups) = (geom.o, geom.l(), geom.group_rows(), geom.groups);
-    // One image's convolution (+ ReLU) into `dst` [o, l].
-    let direct = super::conv_direct::applies(geom);
-    let conv_image = |i: usize, (cols, pad): &mut (Vec<T>, Vec<T>), dst: &mut [T]| {
-        let image = &x[i * geom.image_len()..][..geom.image_len()];
-        if direct {
-            super::conv_direct::forward_image(image, w, b, geom, pad, dst);
-        } else {
-            conv_gemm_image(image, w, b, geom, cols, dst);
+    let img = geom.image_len();
+    let route = Route::of(w, geom);
+    // Images per task: one for the per-image routes, a block of them for Winograd.
+    let per = route.images_per_task(1, true);
+    // The convolution (+ ReLU) of images [first, first + count) into `dst` [count, o, l].
+    let conv_images = |first: usize, count: usize, s: &mut Scratch<T>, dst: &mut [T]| {
+        match &route {
+            Route::Winograd(wg) => wg.forward_block(&x[first * img..], count, b, &mut s.wino, dst),
+            Route::Direct => super::conv_direct::forward_image(&x[first * img..][..img], w, b, geom, &mut s.pad, dst),
+            Route::Gemm => conv_gemm_image(&x[first * img..][..img], w, b, geom, &mut s.cols, dst),
         }
         if epi != Epilogue::None {
-            for v in dst.iter_mut() {
+            for v in dst[..count * o * l].iter_mut() {
                 *v = if *v > T::zero() { *v } else { T::zero() };
             }
         }
     };
-    // Per task: the columns of one image (GEMM route) and its padded copy (direct route).
-    let scratch = || (vec![T::zero(); if direct { 0 } else { groups * rows * l }], Vec::new());
+    let scratch = || Scratch::<T> {
+        cols: vec![T::zero(); if matches!(route, Route::Gemm) { groups * rows * l } else { 0 }],
+        ..Scratch::default()
+    };
     if epi != Epilogue::ReluMaxPool2 {
         let mut out = super::zeroed::<T>(geom.n * o * l);
         if !out.is_empty() {
-            out.par_chunks_mut(o * l).enumerate().for_each_init(scratch, |s, (i, dst)| conv_image(i, s, dst));
+            out.par_chunks_mut(per * o * l)
+                .enumerate()
+                .for_each_init(scratch, |s, (t, dst)| conv_images(t * per, dst.len() / (o * l), s, dst));
         }
         return (out, None);
     }
@@ -213,10 +221,11 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
     let mut out = super::zeroed::<T>(geom.n * o * pooled);
     let mut idx = super::zeroed::<i64>(geom.n * o * pooled);
     if !out.is_empty() {
-        out.par_chunks_mut(o * pooled).zip(idx.par_chunks_mut(o * pooled)).enumerate().for_each_init(
-            || (scratch(), vec![T::zero(); o * l]),
-            |(s, conv), (i, (dst, di))| {
-                conv_image(i, s, conv);
+        out.par_chunks_mut(per * o * pooled).zip(idx.par_chunks_mut(per * o * pooled)).enumerate().for_each_init(
+            || (scratch(), vec![T::zero(); per * o * l]),
+            |(s, conv), (t, (dst, di))| {
+                let count = dst.len() / (o * pooled);
+                conv_images(t * per, count, s, conv);
                 for ((plane, vo), io) in
                     conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
                 {
@@ -226,6 +235,50 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
         );
     }
     (out, Some(idx))
+}
+
+/// How a conv2d call is computed (the same choice for its forward and its backward).
+enum Route<T> {
+    /// Few taps per output: straight from the padded planes (`conv_direct.rs`).
+    Direct,
+    /// 3x3, stride 1, enough channels: Winograd F(4x4, 3x3) on blocks of images.
+    Winograd(super::conv_winograd::Winograd<T>),
+    /// Everything else: per image, im2col + one GEMM per group.
+    Gemm,
+}
+
+impl<T: Float> Route<T> {
+    fn of(w: &[T], geom: &ConvGeom) -> Self {
+        if super::conv_direct::applies(geom) {
+            Route::Direct
+        } else if super::conv_winograd::applies(geom) {
+            Route::Winograd(super::conv_winograd::Winograd::new(w, geom))
+        } else {
+            Route::Gemm
+        }
+    }
+    /// Images per task of the forward (`forward`) or the backward: Winograd's block (fixed
+    /// by the geometry), else `per_image_route`.
+    fn images_per_task(&self, per_image_route: usize, forward: bool) -> usize {
+        match self {
+            Route::Winograd(wg) => wg.images_per_block(forward),
+            _ => per_image_route,
+        }
+    }
+}
+
+/// A task's working buffers: one image's columns (GEMM route), its padded copy (direct
+/// route), or a block's transformed tiles (Winograd).
+struct Scratch<T> {
+    cols: Vec<T>,
+    pad: Vec<T>,
+    wino: super::conv_winograd::Scratch<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { cols: Vec::new(), pad: Vec::new(), wino: Default::default() }
+    }
 }
 
 /// One block's share of the weight and bias gradients (empty when not asked for).
@@ -247,58 +300,58 @@ fn conv2d_backward_t<T: Float>(
     let (n, o, l, rows, groups) = (geom.n, geom.o, geom.l(), geom.group_rows(), geom.groups);
     let (og, img) = (o / groups, geom.image_len());
     let par = geom.par();
-    let direct = super::conv_direct::applies(geom);
-    // The images [first, first + dx.len() / img) of one task; `dx` is empty when not needed.
+    let route = Route::of(w, geom);
+    // Winograd sums the weight gradient in its transformed domain, transformed back once.
+    let dw_len = match &route {
+        Route::Winograd(wg) => wg.du_len(),
+        _ => o * rows,
+    };
+    // The images [first, first + count) of one task; `dx` is empty when not needed.
     let block = |first: usize, count: usize, dx: &mut [T]| -> Partial<T> {
         let mut p = Partial {
-            dw: if need_dw { vec![T::zero(); o * rows] } else { Vec::new() },
+            dw: if need_dw { vec![T::zero(); dw_len] } else { Vec::new() },
             db: if need_db { vec![0.0; o] } else { Vec::new() },
         };
-        let mut cols = vec![T::zero(); if (need_dw && !direct) || need_dx { groups * rows * l } else { 0 }];
-        let mut pad = Vec::new();
-        let mut masked = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];
-        let (oh, ow) = geom.out_hw();
-        let pooled = (oh / 2) * (ow / 2);
-        for i in first..first + count {
-            let gi_img: &[T] = match (relu_out, pool_idx) {
-                (None, _) => &g[i * o * l..][..o * l],
-                (Some(out), None) => {
-                    // The fused ReLU's backward: the gradient where the output is positive.
-                    for ((m, &gv), &ov) in
-                        masked.iter_mut().zip(&g[i * o * l..][..o * l]).zip(&out[i * o * l..][..o * l])
-                    {
-                        *m = if ov > T::zero() { gv } else { T::zero() };
-                    }
-                    &masked
+        let gemm_cols = match route {
+            Route::Gemm => need_dw || need_dx,
+            Route::Direct => need_dx,
+            Route::Winograd(_) => false,
+        };
+        let mut s =
+            Scratch { cols: vec![T::zero(); if gemm_cols { groups * rows * l } else { 0 }], ..Scratch::default() };
+        let fused = (relu_out, pool_idx);
+        if let Route::Winograd(wg) = &route {
+            // The whole block's output gradient at once: its tiles go through the GEMMs together.
+            let mut buf = vec![T::zero(); if relu_out.is_some() { count * o * l } else { 0 }];
+            let gb = if relu_out.is_some() {
+                for (i, dst) in buf.chunks_exact_mut(o * l).enumerate() {
+                    undo_epilogue(g, fused, first + i, geom, dst);
                 }
-                (Some(out), Some(idx)) => {
-                    // Fused ReLU + pool: each window's gradient goes to its argmax (plane
-                    // offsets, as max_pool2d's) when the pooled ReLU output is positive.
-                    masked.fill(T::zero());
-                    let span = i * o * pooled..(i + 1) * o * pooled;
-                    let (gp, op, ip) = (&g[span.clone()], &out[span.clone()], &idx[span]);
-                    for (plane, dst) in masked.chunks_exact_mut(l).enumerate() {
-                        let r = plane * pooled..(plane + 1) * pooled;
-                        // A select, not a branch: `ov > 0` is a coin flip the predictor
-                        // misses half the time (this loop was a quarter of conv1's backward).
-                        for ((&gv, &ov), &at) in gp[r.clone()].iter().zip(&op[r.clone()]).zip(&ip[r]) {
-                            let v = if ov > T::zero() { gv } else { T::zero() };
-                            dst[at as usize] = dst[at as usize] + v;
-                        }
-                    }
-                    &masked
-                }
+                &buf[..]
+            } else {
+                &g[first * o * l..][..count * o * l]
             };
+            if need_db {
+                for (r, row) in gb.chunks_exact(l).enumerate() {
+                    p.db[r % o] += sum_f64(row);
+                }
+            }
+            wg.backward_block(gb, &x[first * img..], count, &mut s.wino, dx, &mut p.dw);
+            return p;
+        }
+        let mut buf = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];
+        for i in first..first + count {
+            let gi_img = undo_epilogue(g, fused, i, geom, &mut buf);
             if need_db {
                 for (acc, row) in p.db.iter_mut().zip(gi_img.chunks(l)) {
                     *acc += sum_f64(row);
                 }
             }
-            if need_dw && direct {
-                super::conv_direct::weight_grad_image(gi_img, &x[i * img..][..img], geom, &mut pad, &mut p.dw);
+            if need_dw && matches!(route, Route::Direct) {
+                super::conv_direct::weight_grad_image(gi_img, &x[i * img..][..img], geom, &mut s.pad, &mut p.dw);
             } else if need_dw {
                 // dW[grp] (og x rows) += g[grp] (og x l) @ cols[grp]ᵀ (l x rows).
-                im2col_image(&x[i * img..][..img], geom, &mut cols);
+                im2col_image(&x[i * img..][..img], geom, &mut s.cols);
                 for grp in 0..groups {
                     gemm_into(
                         og,
@@ -307,7 +360,7 @@ fn conv2d_backward_t<T: Float>(
                         &mut p.dw[grp * og * rows..][..og * rows],
                         true,
                         Mat::rows(&gi_img[grp * og * l..][..og * l], l),
-                        Mat::transposed(&cols[grp * rows * l..][..rows * l], l),
+                        Mat::transposed(&s.cols[grp * rows * l..][..rows * l], l),
                         par,
                     );
                 }
@@ -319,19 +372,19 @@ fn conv2d_backward_t<T: Float>(
                         rows,
                         l,
                         og,
-                        &mut cols[grp * rows * l..][..rows * l],
+                        &mut s.cols[grp * rows * l..][..rows * l],
                         false,
                         Mat::transposed(&w[grp * og * rows..][..og * rows], rows),
                         Mat::rows(&gi_img[grp * og * l..][..og * l], l),
                         par,
                     );
                 }
-                col2im_image(&cols, geom, &mut dx[(i - first) * img..][..img]);
+                col2im_image(&s.cols, geom, &mut dx[(i - first) * img..][..img]);
             }
         }
         p
     };
-    let step = IMAGES_PER_TASK;
+    let step = route.images_per_task(IMAGES_PER_TASK, false);
     let mut dx = if need_dx { super::zeroed::<T>(n * img) } else { Vec::new() };
     let partials: Vec<Partial<T>> = if need_dx && img > 0 {
         dx.par_chunks_mut(step * img).enumerate().map(|(t, d)| block(t * step, d.len() / img, d)).collect()
@@ -339,11 +392,14 @@ fn conv2d_backward_t<T: Float>(
         (0..n.div_ceil(step)).into_par_iter().map(|t| block(t * step, step.min(n - t * step), &mut [])).collect()
     };
     let dw = need_dw.then(|| {
-        let mut dw = vec![T::zero(); o * rows];
+        let mut dw = vec![T::zero(); dw_len];
         for p in &partials {
             dw.iter_mut().zip(&p.dw).for_each(|(a, &b)| *a = *a + b);
         }
-        dw
+        match &route {
+            Route::Winograd(wg) => wg.weight_grad(&dw),
+            _ => dw,
+        }
     });
     let db = need_db.then(|| {
         let mut db = vec![0.0; o];
@@ -353,6 +409,48 @@ fn conv2d_backward_t<T: Float>(
         db.into_iter().map(T::from_f64).collect()
     });
     [need_dx.then_some(dx), dw, db]
+}
+
+/// The gradient of image `i`'s convolution output [o, l]: `g`'s own slice, or, when the
+/// forward fused a ReLU (`fused.0`: its output) and a 2x2 pool (`fused.1`: its argmax),
+/// their backward written into `buf` [o, l].
+fn undo_epilogue<'a, T: Float>(
+    g: &'a [T],
+    fused: (Option<&[T]>, Option<&[i64]>),
+    i: usize,
+    geom: &ConvGeom,
+    buf: &'a mut [T],
+) -> &'a [T] {
+    let (o, l) = (geom.o, geom.l());
+    match fused {
+        (None, _) => &g[i * o * l..][..o * l],
+        (Some(out), None) => {
+            // The fused ReLU's backward: the gradient where the output is positive.
+            for ((m, &gv), &ov) in buf.iter_mut().zip(&g[i * o * l..][..o * l]).zip(&out[i * o * l..][..o * l]) {
+                *m = if ov > T::zero() { gv } else { T::zero() };
+            }
+            buf
+        }
+        (Some(out), Some(idx)) => {
+            // Fused ReLU + pool: each window's gradient goes to its argmax (plane offsets, as
+            // max_pool2d's) when the pooled ReLU output is positive.
+            let (oh, ow) = geom.out_hw();
+            let pooled = (oh / 2) * (ow / 2);
+            buf.fill(T::zero());
+            let span = i * o * pooled..(i + 1) * o * pooled;
+            let (gp, op, ip) = (&g[span.clone()], &out[span.clone()], &idx[span]);
+            for (plane, dst) in buf.chunks_exact_mut(l).enumerate() {
+                let r = plane * pooled..(plane + 1) * pooled;
+                // A select, not a branch: `ov > 0` is a coin flip the predictor misses half
+                // the time (this loop was a quarter of conv1's backward).
+                for ((&gv, &ov), &at) in gp[r.clone()].iter().zip(&op[r.clone()]).zip(&ip[r]) {
+                    let v = if ov > T::zero() { gv } else { T::zero() };
+                    dst[at as usize] = dst[at as usize] + v;
+                }
+            }
+            buf
+        }
+    }
 }
 
 /// Σ v in f64 (as the reductions do), over 16 lanes: the loop vectorises into 4 independent

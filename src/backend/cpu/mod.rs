@@ -6,6 +6,7 @@
 
 mod conv;
 mod conv_direct;
+mod conv_winograd;
 mod elementwise;
 mod index;
 mod matmul;
