@@ -220,6 +220,15 @@ fn output_grad_t<T: Float>([y0, y1, y2, y3]: [T; M]) -> [T; A] {
     ]
 }
 
+/// The distance between consecutive ξ slices of a transformed buffer holding `len`
+/// elements each: one cache line more, so that the 36 slices a transform reads or writes
+/// together do not share cache sets. (With U's 8 KiB slices, every store of the weight
+/// transform missed: 36 lines in one 8-way set.)
+#[inline(always)]
+fn skewed(len: usize) -> usize {
+    len + 16
+}
+
 /// A convolution's tiling and its transformed weights, shared by every block of a call.
 ///
 /// Inside a block, data is channels-last with channels padded to whole lanes (`cp`, `op`):
@@ -283,7 +292,7 @@ impl<T: Float> Winograd<T> {
         let (cp, op) = (c.next_multiple_of(L), o.next_multiple_of(L));
         let per_block = [FORWARD_TILES, BACKWARD_TILES].map(|t| t.div_ceil(th * tw).min(geom.n.max(1)));
         // U = G g Gᵀ, computed in f64 and rounded once.
-        let mut u = vec![T::zero(); XI * cp * op];
+        let mut u = vec![T::zero(); XI * skewed(cp * op)];
         // Output channels innermost: consecutive kernels write neighbouring elements of U (in
         // weight order, each of the 36 stores missed the cache: 3% of the CNN's step).
         for ch in 0..c {
@@ -291,7 +300,7 @@ impl<T: Float> Winograd<T> {
                 let g = &w[(k * c + ch) * 9..][..9];
                 let g: [[f64; 3]; 3] = std::array::from_fn(|r| std::array::from_fn(|q| g[r * 3 + q].to_f64()));
                 for (xi, &val) in sandwich(&g, |v| weight_t(*v)).as_flattened().iter().enumerate() {
-                    u[(xi * cp + ch) * op + k] = T::from_f64(val);
+                    u[xi * skewed(cp * op) + ch * op + k] = T::from_f64(val);
                 }
             }
         }
@@ -349,7 +358,7 @@ impl<T: Float> Winograd<T> {
                 }
                 sandwich_lanes(&d, &mut tmp, &mut out, input_t);
                 for (xi, lane) in out.iter().flatten().enumerate() {
-                    v[(xi * tb + t) * cp + c0..][..L].copy_from_slice(lane);
+                    v[xi * skewed(tb * cp) + t * cp + c0..][..L].copy_from_slice(lane);
                 }
             }
         }
@@ -361,8 +370,8 @@ impl<T: Float> Winograd<T> {
         let (cp, op) = (self.cp, self.op);
         let tb = count * self.th * self.tw;
         s.nhwc.resize(count * self.h * self.w * cp, T::zero());
-        s.v.resize(XI * tb * cp, T::zero());
-        s.m.resize(XI * tb * op, T::zero());
+        s.v.resize(XI * skewed(tb * cp), T::zero());
+        s.m.resize(XI * skewed(tb * op), T::zero());
         super::simd::vectorize(
             #[inline(always)]
             || {
@@ -376,10 +385,10 @@ impl<T: Float> Winograd<T> {
                 tb,
                 op,
                 cp,
-                &mut s.m[xi * tb * op..][..tb * op],
+                &mut s.m[xi * skewed(tb * op)..][..tb * op],
                 false,
-                Mat::rows(&s.v[xi * tb * cp..][..tb * cp], cp),
-                Mat::rows(&self.u[xi * cp * op..][..cp * op], op),
+                Mat::rows(&s.v[xi * skewed(tb * cp)..][..tb * cp], cp),
+                Mat::rows(&self.u[xi * skewed(cp * op)..][..cp * op], op),
                 self.par(tb),
             );
         }
@@ -399,7 +408,7 @@ impl<T: Float> Winograd<T> {
             let (rows, cols) = self.extent(at);
             for k0 in (0..op).step_by(L) {
                 for (xi, lane) in mm.iter_mut().flatten().enumerate() {
-                    lane.copy_from_slice(&m[(xi * tb + t) * op + k0..][..L]);
+                    lane.copy_from_slice(&m[xi * skewed(tb * op) + t * op + k0..][..L]);
                 }
                 sandwich_lanes(&mm, &mut tmp, &mut y, output_t);
                 for j in 0..L.min(o - k0) {
@@ -433,8 +442,8 @@ impl<T: Float> Winograd<T> {
         let (cp, op) = (self.cp, self.op);
         let tb = count * self.th * self.tw;
         let ohw = self.oh * self.ow;
-        s.m.resize(XI * tb * op, T::zero());
-        s.v.resize(XI * tb * cp, T::zero());
+        s.m.resize(XI * skewed(tb * op), T::zero());
+        s.v.resize(XI * skewed(tb * cp), T::zero());
         // dM [ξ][t][op] = A dY Aᵀ per tile (outputs past the plane's edge have no gradient).
         super::simd::vectorize(
             #[inline(always)]
@@ -459,10 +468,10 @@ impl<T: Float> Winograd<T> {
                     cp,
                     op,
                     tb,
-                    &mut du[xi * cp * op..][..cp * op],
+                    &mut du[xi * skewed(cp * op)..][..cp * op],
                     true,
-                    Mat::transposed(&s.v[xi * tb * cp..][..tb * cp], cp),
-                    Mat::rows(&s.m[xi * tb * op..][..tb * op], op),
+                    Mat::transposed(&s.v[xi * skewed(tb * cp)..][..tb * cp], cp),
+                    Mat::rows(&s.m[xi * skewed(tb * op)..][..tb * op], op),
                     self.par(tb),
                 );
             }
@@ -476,10 +485,10 @@ impl<T: Float> Winograd<T> {
                 tb,
                 cp,
                 op,
-                &mut s.v[xi * tb * cp..][..tb * cp],
+                &mut s.v[xi * skewed(tb * cp)..][..tb * cp],
                 false,
-                Mat::rows(&s.m[xi * tb * op..][..tb * op], op),
-                Mat::transposed(&self.u[xi * cp * op..][..cp * op], op),
+                Mat::rows(&s.m[xi * skewed(tb * op)..][..tb * op], op),
+                Mat::transposed(&self.u[xi * skewed(cp * op)..][..cp * op], op),
                 self.par(tb),
             );
         }
@@ -516,7 +525,7 @@ impl<T: Float> Winograd<T> {
                 }
                 sandwich_lanes(&dy, &mut tmp, &mut dm, output_grad_t);
                 for (xi, lane) in dm.iter().flatten().enumerate() {
-                    m[(xi * tb + t) * op + k0..][..L].copy_from_slice(lane);
+                    m[xi * skewed(tb * op) + t * op + k0..][..L].copy_from_slice(lane);
                 }
             }
         }
@@ -535,7 +544,7 @@ impl<T: Float> Winograd<T> {
             let image = &mut dxs[at.img * hw * cp..][..hw * cp];
             for c0 in (0..cp).step_by(L) {
                 for (xi, lane) in dv.iter_mut().flatten().enumerate() {
-                    lane.copy_from_slice(&v[(xi * tb + t) * cp + c0..][..L]);
+                    lane.copy_from_slice(&v[xi * skewed(tb * cp) + t * cp + c0..][..L]);
                 }
                 sandwich_lanes(&dv, &mut tmp, &mut dd, input_grad_t);
                 for (r, row) in dd.iter().enumerate() {
@@ -556,7 +565,7 @@ impl<T: Float> Winograd<T> {
 
     /// The length of the transformed weight gradient `backward_block` accumulates into.
     pub(super) fn du_len(&self) -> usize {
-        XI * self.cp * self.op
+        XI * skewed(self.cp * self.op)
     }
 
     /// dW [o, c, 3, 3] = Gᵀ dU G (in f64) from the transformed gradient summed over all
@@ -567,7 +576,7 @@ impl<T: Float> Winograd<T> {
         for ch in 0..c {
             for k in 0..self.o {
                 let t: [[f64; A]; A] =
-                    std::array::from_fn(|r| std::array::from_fn(|q| du[((r * A + q) * cp + ch) * op + k].to_f64()));
+                    std::array::from_fn(|r| std::array::from_fn(|q| du[(r * A + q) * skewed(cp * op) + ch * op + k].to_f64()));
                 let dst = &mut dw[(k * c + ch) * 9..][..9];
                 for (d, &val) in dst.iter_mut().zip(sandwich(&t, |v| weight_grad_t(*v)).as_flattened()) {
                     *d = T::from_f64(val);
