@@ -394,16 +394,16 @@ fn conv2d_few_taps_matches_direct_convolution() {
 
 #[test]
 fn conv2d_winograd_matches_direct_convolution() {
-    // 3x3 stride-1 convolutions with at least 16 input and output channels take the CPU's
-    // Winograd F(4x4, 3x3) route: output sides that are and are not multiples of 4 (tiles
-    // cut at the edge), padding on one side only, padding wider than the kernel reaches
-    // (tiles over nothing but zeros), channel counts that are no multiple of anything, and
-    // more images than one block takes (blocks hold ~64 tiles of 4x4 outputs).
+    // 3x3 stride-1 convolutions with at least 16 input and output channels and 256 tiles
+    // of 4x4 outputs take the CPU's Winograd F(4x4, 3x3) route: output sides that are and
+    // are not multiples of 4 (tiles cut at the edge), padding on one side only, padding
+    // wider than the kernel reaches (tiles over nothing but zeros), channel counts that are
+    // no multiple of anything, and many blocks (of 32-64 tiles).
     let cases: [(&[usize], &[usize], (usize, usize)); 4] = [
-        (&[20, 16, 8, 8], &[16, 16, 3, 3], (1, 1)),
-        (&[9, 32, 13, 13], &[24, 32, 3, 3], (0, 0)),
-        (&[3, 16, 5, 18], &[17, 16, 3, 3], (0, 2)),
-        (&[2, 20, 6, 6], &[16, 20, 3, 3], (2, 2)),
+        (&[20, 16, 16, 16], &[16, 16, 3, 3], (1, 1)),
+        (&[29, 32, 13, 13], &[24, 32, 3, 3], (0, 0)),
+        (&[52, 16, 5, 18], &[17, 16, 3, 3], (0, 2)),
+        (&[64, 20, 6, 6], &[16, 20, 3, 3], (2, 2)),
     ];
     for dtype in [DType::F64, DType::F32] {
         // The transforms' constants (up to 8 and 1/24) cost accuracy: f32 sums of 144-288

@@ -193,23 +193,62 @@ fn conv2d_few_taps_backward() {
     });
 }
 
+/// For inputs too large to difference element by element: the analytic gradient's
+/// component along random directions v against the central difference of the whole
+/// function along v, (f(x + εv) - f(x - εv)) / 2ε, for every input in turn.
+fn directional_gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> kiln::Result<Tensor>) {
+    use crate::common::{assert_close, values, vec64};
+    let out = f(inputs).unwrap();
+    let r = Tensor::from_vec(values(out.elem_count(), 98, -1.0, 1.0), out.shape().clone(), Device::Cpu).unwrap();
+    for x in inputs {
+        x.zero_grad();
+    }
+    out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let scalar = |xs: &[Tensor]| {
+        kiln::no_grad(|| f(xs).unwrap().mul(&r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+    };
+    let eps = 1e-6;
+    for (i, x) in inputs.iter().enumerate() {
+        let analytic = vec64(&x.grad().unwrap());
+        let base = vec64(x);
+        for seed in 0..3 {
+            let v = values(base.len(), 500 + 10 * i as u64 + seed, -1.0, 1.0);
+            let at = |sign: f64| {
+                let moved: Vec<f64> = base.iter().zip(&v).map(|(b, d)| b + sign * eps * d).collect();
+                let mut xs = inputs.to_vec();
+                xs[i] = Tensor::from_vec(moved, x.shape().clone(), Device::Cpu).unwrap();
+                scalar(&xs)
+            };
+            let numeric = (at(1.0) - at(-1.0)) / (2.0 * eps);
+            let along: f64 = analytic.iter().zip(&v).map(|(g, d)| g * d).sum();
+            assert_close(&format!("{name}: d/d input {i} along direction {seed}"), &[along], &[numeric], 1e-6, 1e-6);
+        }
+    }
+}
+
 #[test]
 fn conv2d_winograd_backward() {
-    // The CPU's Winograd route (3x3, stride 1, >= 16 channels in and out): its backward is
-    // the exact gradient of the tiled forward. 9x9 outputs: 3x3 tiles, the last row and
-    // column of tiles cut; 9 images: two blocks of 8 and 1, so the transformed weight
-    // gradient is summed over blocks before it is transformed back.
+    // The CPU's Winograd route (3x3, stride 1, >= 16 channels in and out, >= 256 tiles of
+    // 4x4 outputs in the call): its backward is the exact gradient of the tiled forward.
+    // 9x9 outputs: 3x3 tiles, the last row and column of tiles cut; 29 images: 261 tiles in
+    // blocks of 8 images, several blocks per backward task, so the transformed weight
+    // gradient is summed over blocks and tasks before it is transformed back.
     let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
-    let x = leaf(&[9, 16, 9, 9], 400, -1.0, 1.0);
+    let x = leaf(&[29, 16, 9, 9], 400, -1.0, 1.0);
     let w = leaf(&[16, 16, 3, 3], 401, -1.0, 1.0);
     let b = leaf(&[16], 402, -1.0, 1.0);
-    gradcheck("conv2d, winograd", &[x, w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
-    // The MNIST CNN's second layer, smaller: no padding, ReLU and 2x2 pooling fused.
-    let x = leaf(&[2, 16, 9, 9], 403, -1.0, 1.0);
+    directional_gradcheck("conv2d, winograd", &[x, w, b], |v| v[0].conv2d(&v[1], Some(&v[2]), opt));
+    // The MNIST CNN's second layer, smaller: no padding, ReLU and 2x2 pooling fused; the
+    // bias element by element as well.
+    let x = leaf(&[29, 16, 13, 13], 403, -1.0, 1.0);
     let w = leaf(&[16, 16, 3, 3], 404, -1.0, 1.0);
     let b = leaf(&[16], 405, -1.0, 1.0);
-    gradcheck("conv2d_relu_maxpool2, winograd", &[x, w, b], |v| {
-        v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), Conv2dOptions::default())
+    let f = |v: &[Tensor]| v[0].conv2d_relu_maxpool2(&v[1], Some(&v[2]), Conv2dOptions::default());
+    directional_gradcheck("conv2d_relu_maxpool2, winograd", &[x.clone(), w.clone(), b.clone()], f);
+    let xd = x.detach();
+    let wd = w.detach();
+    gradcheck("conv2d_relu_maxpool2, winograd, bias", &[b], |v| {
+        xd.conv2d_relu_maxpool2(&wd, Some(&v[0]), Conv2dOptions::default())
     });
 }
 

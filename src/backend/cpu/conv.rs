@@ -257,11 +257,12 @@ impl<T: Float> Route<T> {
             Route::Gemm
         }
     }
-    /// Images per task of the forward (`forward`) or the backward: Winograd's block (fixed
-    /// by the geometry), else `per_image_route`.
+    /// Images per task of the forward (`forward`) or the backward: Winograd's (fixed by the
+    /// geometry), else `per_image_route`.
     fn images_per_task(&self, per_image_route: usize, forward: bool) -> usize {
         match self {
-            Route::Winograd(wg) => wg.images_per_block(forward),
+            Route::Winograd(wg) if forward => wg.images_per_block(true),
+            Route::Winograd(wg) => wg.backward_task_images(),
             _ => per_image_route,
         }
     }
@@ -321,22 +322,28 @@ fn conv2d_backward_t<T: Float>(
             Scratch { cols: vec![T::zero(); if gemm_cols { groups * rows * l } else { 0 }], ..Scratch::default() };
         let fused = (relu_out, pool_idx);
         if let Route::Winograd(wg) = &route {
-            // The whole block's output gradient at once: its tiles go through the GEMMs together.
-            let mut buf = vec![T::zero(); if relu_out.is_some() { count * o * l } else { 0 }];
-            let gb = if relu_out.is_some() {
-                for (i, dst) in buf.chunks_exact_mut(o * l).enumerate() {
-                    undo_epilogue(g, fused, first + i, geom, dst);
+            // Block by block: a block's tiles go through the GEMMs together; the task's
+            // blocks share one weight-gradient partial (they are ~600 KB-10 MB each).
+            let per = wg.images_per_block(false);
+            let mut buf = vec![T::zero(); if relu_out.is_some() { per * o * l } else { 0 }];
+            for f in (first..first + count).step_by(per) {
+                let cnt = per.min(first + count - f);
+                let gb = if relu_out.is_some() {
+                    for (i, dst) in buf.chunks_exact_mut(o * l).take(cnt).enumerate() {
+                        undo_epilogue(g, fused, f + i, geom, dst);
+                    }
+                    &buf[..cnt * o * l]
+                } else {
+                    &g[f * o * l..][..cnt * o * l]
+                };
+                if need_db {
+                    for (r, row) in gb.chunks_exact(l).enumerate() {
+                        p.db[r % o] += sum_f64(row);
+                    }
                 }
-                &buf[..]
-            } else {
-                &g[first * o * l..][..count * o * l]
-            };
-            if need_db {
-                for (r, row) in gb.chunks_exact(l).enumerate() {
-                    p.db[r % o] += sum_f64(row);
-                }
+                let dxb = if dx.is_empty() { &mut [][..] } else { &mut dx[(f - first) * img..][..cnt * img] };
+                wg.backward_block(gb, &x[f * img..], cnt, &mut s.wino, dxb, &mut p.dw);
             }
-            wg.backward_block(gb, &x[first * img..], count, &mut s.wino, dx, &mut p.dw);
             return p;
         }
         let mut buf = vec![T::zero(); if relu_out.is_some() { o * l } else { 0 }];

@@ -40,6 +40,13 @@ const BACKWARD_TILES: usize = 64;
 /// At least this many input and output channels: below, the transforms cost more than the
 /// multiplications they save.
 const MIN_CHANNELS: usize = 16;
+/// At least this many tiles in a call: the weights' transforms (U forward and backward, dW)
+/// cost as much as ~70 tiles' worth of saved multiplications, and with fewer than four
+/// backward blocks the transforms would run on one thread. (ResNet-18's layer4 at batch 32,
+/// 32 tiles of 512 channels, ran 1.3-1.6x slower than im2col.)
+const MIN_TILES: usize = 4 * BACKWARD_TILES;
+/// Backward tasks at most (their partial weight gradients are summed in task order).
+const BACKWARD_TASKS: usize = 8;
 
 /// Bᵀ, G and Aᵀ for the interpolation points 0, 1, -1, 2, -2 (and ∞): the algorithm's
 /// definition. They run as the transforms written out below (`input_t`, `weight_t`,
@@ -76,8 +83,9 @@ pub(super) fn applies(geom: &ConvGeom) -> bool {
     let w = &geom.win;
     let Some((oh, ow)) = w.out_hw(geom.h, geom.w) else { return false };
     let shape_fits = w.kernel == (3, 3) && w.stride == (1, 1) && w.dilation == (1, 1) && geom.groups == 1;
-    let tiled = oh.div_ceil(M) * ow.div_ceil(M) * M * M;
-    shape_fits && geom.c >= MIN_CHANNELS && geom.o >= MIN_CHANNELS && oh * ow > 0 && tiled <= 2 * oh * ow && enabled()
+    let tiles = oh.div_ceil(M) * ow.div_ceil(M);
+    let enough = geom.c >= MIN_CHANNELS && geom.o >= MIN_CHANNELS && geom.n * tiles >= MIN_TILES;
+    shape_fits && enough && oh * ow > 0 && tiles * M * M <= 2 * oh * ow && enabled()
 }
 
 fn enabled() -> bool {
@@ -159,11 +167,7 @@ fn weight_t([g0, g1, g2]: [f64; 3]) -> [f64; A] {
 /// Gᵀ u: the weight gradient's transform (G's adjoint).
 #[inline(always)]
 fn weight_grad_t([u0, u1, u2, u3, u4, u5]: [f64; A]) -> [f64; 3] {
-    [
-        u0 / 4.0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
-        (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
-        (u3 + u4 - u1 - u2) / 6.0 + u5,
-    ]
+    [u0 / 4.0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0, (u2 - u1) / 6.0 + (u3 - u4) / 12.0, (u3 + u4 - u1 - u2) / 6.0 + u5]
 }
 
 /// Bᵀ d: the input transform.
@@ -311,6 +315,13 @@ impl<T: Float> Winograd<T> {
     /// Images per block of the forward (`forward`) or the backward.
     pub(super) fn images_per_block(&self, forward: bool) -> usize {
         self.per_block[usize::from(!forward)]
+    }
+
+    /// Images per backward task: whole blocks, at most [`BACKWARD_TASKS`] tasks (each holds
+    /// a partial weight gradient of 36·c·o elements until they are summed).
+    pub(super) fn backward_task_images(&self) -> usize {
+        let per = self.per_block[1];
+        per * self.n.div_ceil(per).div_ceil(BACKWARD_TASKS).max(1)
     }
 
     /// gemm's own threads only when there are fewer blocks than threads to share.
@@ -575,8 +586,9 @@ impl<T: Float> Winograd<T> {
         let mut dw = vec![T::zero(); self.o * c * 9];
         for ch in 0..c {
             for k in 0..self.o {
-                let t: [[f64; A]; A] =
-                    std::array::from_fn(|r| std::array::from_fn(|q| du[(r * A + q) * skewed(cp * op) + ch * op + k].to_f64()));
+                let t: [[f64; A]; A] = std::array::from_fn(|r| {
+                    std::array::from_fn(|q| du[(r * A + q) * skewed(cp * op) + ch * op + k].to_f64())
+                });
                 let dst = &mut dw[(k * c + ch) * 9..][..9];
                 for (d, &val) in dst.iter_mut().zip(sandwich(&t, |v| weight_grad_t(*v)).as_flattened()) {
                     *d = T::from_f64(val);
