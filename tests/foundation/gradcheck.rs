@@ -252,6 +252,31 @@ fn conv2d_winograd_backward() {
     });
 }
 
+#[test]
+fn conv2d_winograd_backward_f32() {
+    // The f32 route has its own code (8 x 8 register transposes into and out of the
+    // channels-last blocks): its gradients against the f64 ones (checked by finite
+    // differences above) on the same values. 20 channels in: a partial lane group; 11x11
+    // outputs: planes whose length is no multiple of 8.
+    use crate::common::{assert_close, vec64};
+    let grads = |dtype: DType| {
+        let x = leaf(&[29, 20, 13, 13], 410, -1.0, 1.0).detach().to_dtype(dtype).unwrap().requires_grad_().unwrap();
+        let w = leaf(&[24, 20, 3, 3], 411, -1.0, 1.0).detach().to_dtype(dtype).unwrap().requires_grad_().unwrap();
+        let b = leaf(&[24], 412, -1.0, 1.0).detach().to_dtype(dtype).unwrap().requires_grad_().unwrap();
+        let y = x.conv2d_relu_maxpool2(&w, Some(&b), Conv2dOptions::default()).unwrap();
+        let r = Tensor::from_vec(crate::common::values(y.elem_count(), 413, -1.0, 1.0), y.shape().clone(), Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        [x, w, b].map(|t| vec64(&t.grad().unwrap()))
+    };
+    let (lo, hi) = (grads(DType::F32), grads(DType::F64));
+    for (name, (l, h)) in ["d/dx", "d/dw", "d/db"].iter().zip(lo.iter().zip(&hi)) {
+        assert_close(&format!("winograd f32 {name}"), l, h, 1e-3, 1e-4);
+    }
+}
+
 /// `out`'s values and the gradients of `leaves` under the upstream gradient `r` (a random
 /// tensor of out's shape): what a fused op and its unfused ops must agree on.
 fn value_and_grads(out: Tensor, r: &Tensor, leaves: [&Tensor; 3]) -> Vec<Vec<f64>> {

@@ -405,36 +405,45 @@ impl<T: Float> Winograd<T> {
         }
         super::simd::vectorize(
             #[inline(always)]
-            || self.transform_output(&s.m, tb, bias, out),
+            || {
+                s.nhwc.resize(count * self.oh * self.ow * op, T::zero());
+                self.transform_output(&s.m, tb, bias, &mut s.nhwc, out)
+            },
         );
     }
 
-    /// out [count, o, oh, ow] = Aᵀ M A per tile, plus the bias.
+    /// out [count, o, oh, ow] = Aᵀ M A per tile, plus the bias: each tile's 8-channel lanes
+    /// go to the channels-last `staging` [count, oh, ow, op] as whole vectors, then the
+    /// planes are transposed out of it (8 scalar stores per lane into 8 planes were the
+    /// forward's most expensive phase).
     #[inline(always)]
-    fn transform_output(&self, m: &[T], tb: usize, bias: Option<&[T]>, out: &mut [T]) {
-        let (o, op, l) = (self.o, self.op, self.oh * self.ow);
+    fn transform_output(&self, m: &[T], tb: usize, bias: Option<&[T]>, staging: &mut [T], out: &mut [T]) {
+        let (o, op, ohw) = (self.o, self.op, self.oh * self.ow);
         let (mut mm, mut tmp, mut y) = ([[[T::zero(); L]; A]; A], [[[T::zero(); L]; A]; M], [[[T::zero(); L]; M]; M]);
         for t in 0..tb {
             let at = self.tile_at(t);
             let (rows, cols) = self.extent(at);
+            let image = &mut staging[at.img * ohw * op..][..ohw * op];
             for k0 in (0..op).step_by(L) {
                 for (xi, lane) in mm.iter_mut().flatten().enumerate() {
                     lane.copy_from_slice(&m[xi * skewed(tb * op) + t * op + k0..][..L]);
                 }
                 sandwich_lanes(&mm, &mut tmp, &mut y, output_t);
-                for j in 0..L.min(o - k0) {
-                    let k = k0 + j;
-                    let bk = bias.map_or(T::zero(), |b| b[k]);
-                    let plane = &mut out[(at.img * o + k) * l..][..l];
-                    for (r, yr) in y.iter().enumerate().take(rows) {
-                        let dst = &mut plane[(at.ty * M + r) * self.ow + at.tx * M..][..cols];
-                        for (d, yq) in dst.iter_mut().zip(yr) {
-                            *d = yq[j] + bk;
+                let b: Lanes<T> =
+                    std::array::from_fn(|j| bias.and_then(|b| b.get(k0 + j)).copied().unwrap_or(T::zero()));
+                for (r, yr) in y.iter().enumerate().take(rows) {
+                    for (q, yq) in yr.iter().enumerate().take(cols) {
+                        let p = (at.ty * M + r) * self.ow + at.tx * M + q;
+                        let dst = &mut image[p * op + k0..][..L];
+                        for ((d, &v), &bj) in dst.iter_mut().zip(yq).zip(&b) {
+                            *d = v + bj;
                         }
                     }
                 }
             }
         }
+        let count = tb / (self.th * self.tw);
+        channels_first(staging, (count, o, ohw), op, out, false);
     }
 
     /// The backward of `forward_block` for the same images: `g` [count, o, oh, ow] is the
@@ -509,7 +518,7 @@ impl<T: Float> Winograd<T> {
                 s.nhwc.clear();
                 s.nhwc.resize(count * self.h * self.w * cp, T::zero());
                 self.transform_input_grad(&s.v, tb, &mut s.nhwc);
-                add_channels_first(&s.nhwc, (count, self.c, self.h * self.w), cp, dx);
+                channels_first(&s.nhwc, (count, self.c, self.h * self.w), cp, dx, true);
             },
         );
     }
@@ -599,15 +608,25 @@ impl<T: Float> Winograd<T> {
     }
 }
 
-/// src [count, c, hw] -> dst [count, hw, cp], the channels past c zero. In 8 x 8 blocks:
-/// one position at a time, the loads hit 8-32 planes and the stores a new cache line each,
-/// and the transposes cost more than all transforms together.
+/// src [count, c, hw] -> dst [count, hw, cp], the channels past c zero. In 8 x 8 blocks,
+/// transposed in registers for f32 (one position at a time, the loads hit 8-32 planes and
+/// the stores a new cache line each, and the transposes cost more than all transforms
+/// together; element by element within blocks, still 15-25% of the conv's time).
 #[inline(always)]
 fn channels_last<T: Float>(src: &[T], (count, c, hw): (usize, usize, usize), cp: usize, dst: &mut [T]) {
     for (image, out) in src.chunks_exact(c * hw).zip(dst.chunks_exact_mut(hw * cp)).take(count) {
         for p0 in (0..hw).step_by(L) {
             let np = L.min(hw - p0);
             for c0 in (0..cp).step_by(L) {
+                if np == L && c0 + L <= c {
+                    let src = T::as_f32(&image[c0 * hw + p0..]);
+                    let dst = T::as_f32_mut(&mut out[p0 * cp + c0..]);
+                    if let (Some(src), Some(dst)) = (src, dst) {
+                        if super::simd::transpose_8x8(src, hw, dst, cp, false) {
+                            continue;
+                        }
+                    }
+                }
                 let mut block = [[T::zero(); L]; L]; // [channel][position]
                 for (j, row) in block.iter_mut().enumerate().take(c.saturating_sub(c0).min(L)) {
                     let src = &image[(c0 + j) * hw + p0..];
@@ -627,13 +646,23 @@ fn channels_last<T: Float>(src: &[T], (count, c, hw): (usize, usize, usize), cp:
     }
 }
 
-/// dst [count, c, hw] += src [count, hw, cp] (the channels past c dropped), in 8 x 8 blocks.
+/// dst [count, c, hw] = src [count, hw, cp] (`add`: +=; the channels past c dropped), in
+/// 8 x 8 blocks.
 #[inline(always)]
-fn add_channels_first<T: Float>(src: &[T], (count, c, hw): (usize, usize, usize), cp: usize, dst: &mut [T]) {
+fn channels_first<T: Float>(src: &[T], (count, c, hw): (usize, usize, usize), cp: usize, dst: &mut [T], add: bool) {
     for (image, out) in src.chunks_exact(hw * cp).zip(dst.chunks_exact_mut(c * hw)).take(count) {
         for p0 in (0..hw).step_by(L) {
             let np = L.min(hw - p0);
             for c0 in (0..c).step_by(L) {
+                if np == L && c0 + L <= c {
+                    let src = T::as_f32(&image[p0 * cp + c0..]);
+                    let dst = T::as_f32_mut(&mut out[c0 * hw + p0..]);
+                    if let (Some(src), Some(dst)) = (src, dst) {
+                        if super::simd::transpose_8x8(src, cp, dst, hw, add) {
+                            continue;
+                        }
+                    }
+                }
                 let mut block = [[T::zero(); L]; L]; // [position][channel]
                 for (p, row) in block.iter_mut().enumerate().take(np) {
                     row.copy_from_slice(&image[(p0 + p) * cp + c0..][..L]);
@@ -641,7 +670,7 @@ fn add_channels_first<T: Float>(src: &[T], (count, c, hw): (usize, usize, usize)
                 for j in 0..L.min(c - c0) {
                     let plane = &mut out[(c0 + j) * hw + p0..][..np];
                     for (p, v) in plane.iter_mut().enumerate() {
-                        *v = *v + block[p][j];
+                        *v = if add { *v + block[p][j] } else { block[p][j] };
                     }
                 }
             }
