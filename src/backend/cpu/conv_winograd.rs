@@ -5,21 +5,22 @@
 //! 3x3 filter are transformed (V = Bᵀ d B, U = G g Gᵀ), multiplied elementwise in the
 //! transformed domain, summed over input channels, and transformed back (Y = Aᵀ M A).
 //! The channel sums are 36 GEMMs, one per transformed position ξ:
-//! M[ξ] (o x tiles) = U[ξ] (o x c) @ V[ξ] (c x tiles), 36·o·c multiply-adds per 16 outputs
+//! M[ξ] (tiles x o) = V[ξ] (tiles x c) @ U[ξ] (c x o), 36·o·c multiply-adds per 16 outputs
 //! where im2col + GEMM needs 16·9·o·c: 4x fewer, ~3.4x on the MNIST CNN's 11x11 outputs
 //! (3x3 tiles cover 12x12). This is where the CNN's time went: its second conv was ~80% of
 //! a step, running at the GEMM's peak already.
 //!
 //! The backward is the exact gradient of that forward, in the same domain, with the same
-//! tiles: dM = A dY Aᵀ, then dV[ξ] = U[ξ]ᵀ dM[ξ] and dx = B dV Bᵀ (tiles overlap by two
-//! rows and columns: their gradients add), and dU[ξ] = dM[ξ] V[ξ]ᵀ summed over tiles, then
+//! tiles: dM = A dY Aᵀ, then dV[ξ] = dM[ξ] U[ξ]ᵀ and dx = B dV Bᵀ (tiles overlap by two
+//! rows and columns: their gradients add), and dU[ξ] = V[ξ]ᵀ dM[ξ] summed over tiles, then
 //! dW = Gᵀ dU G. So every pass is 36 GEMMs plus transforms.
 //!
-//! Tiles are processed in blocks of whole images (enough images for ~64 tiles, so the GEMMs
-//! are not skinny); a block's transformed input and products (~1 MB for the MNIST CNN) stay
-//! in cache. Rounding: the transforms' constants (up to 8 and 1/24) cost a few ulps more
-//! than direct summation: relative errors ~1e-6 in f32 against ~1e-7 (tests bound them).
-//! `KILN_CPU_WINOGRAD=0` turns the route off (the im2col route then runs every 3x3 conv).
+//! Tiles are processed in blocks of whole images (~32 tiles forward, ~64 backward, so the
+//! GEMMs are not skinny and a block's transformed data stays in L2), channels-last inside a
+//! block (see [`Winograd`]). Rounding: the transforms' constants (up to 8 and 1/24) cost
+//! accuracy: f32 outputs land within ~1e-5 of their magnitude (sums of 144-288 products of
+//! values in [-1, 1]: within 5e-5 of exact, where im2col lands within ~1e-6; tests bound
+//! it). `KILN_CPU_WINOGRAD=0` turns the route off (im2col then runs every 3x3 conv).
 
 use super::conv::ConvGeom;
 use super::matmul::{gemm_into, Mat};
@@ -45,7 +46,9 @@ const MIN_CHANNELS: usize = 16;
 /// backward blocks the transforms would run on one thread. (ResNet-18's layer4 at batch 32,
 /// 32 tiles of 512 channels, ran 1.3-1.6x slower than im2col.)
 const MIN_TILES: usize = 4 * BACKWARD_TILES;
-/// Backward tasks at most (their partial weight gradients are summed in task order).
+/// Backward tasks at most (their partial weight gradients are summed in task order, so the
+/// count must not depend on the thread count). A machine with more than 8 threads runs a
+/// Winograd backward on 8 of them: raise this if that shows in a profile there.
 const BACKWARD_TASKS: usize = 8;
 
 /// Bᵀ, G and Aᵀ for the interpolation points 0, 1, -1, 2, -2 (and ∞): the algorithm's
@@ -106,16 +109,16 @@ fn mul_t<const R: usize, const C: usize>(m: &[[f64; C]; R], x: &[f64; R]) -> [f6
 }
 
 /// `t x tᵀ` for a square tile x, given `t` as a function on vectors (a matrix or its
-/// transpose): columns first, then rows. Generic over what a vector holds (a number, or
-/// one number for each of [`L`] tiles).
+/// transpose): columns first, then rows. For the weights' transforms (f64, once per call)
+/// and the tests; the data's go through [`sandwich_lanes`].
 #[inline(always)]
 fn sandwich<V: Copy, const R: usize, const C: usize>(x: &[[V; C]; C], t: impl Fn(&[V; C]) -> [V; R]) -> [[V; R]; R] {
     let cols: [[V; R]; C] = std::array::from_fn(|q| t(&std::array::from_fn(|r| x[r][q])));
     std::array::from_fn(|i| t(&std::array::from_fn(|q| cols[q][i])))
 }
 
-/// Tiles transformed side by side: one tile per lane of `[T; L]` vectors, so the compiler
-/// vectorises the transforms across tiles.
+/// Channels transformed side by side: 8 channels of one tile per `[T; L]` vector, so the
+/// compiler vectorises the transforms.
 const L: usize = 8;
 type Lanes<T> = [T; L];
 /// A square tile of side S, lane by lane.
@@ -240,7 +243,7 @@ fn skewed(len: usize) -> usize {
 /// stores is one contiguous vector. (Lanes over 8 tiles needed a gather per lane: the
 /// vector loads that followed the scalar stores stalled, and the transforms cost more than
 /// the GEMMs.) The block's input (and, backward, its output gradient) is transposed into
-/// that layout once; outputs are written straight into the NCHW planes.
+/// that layout once, and its output (or input gradient) out of it, in 8 x 8 blocks.
 pub(super) struct Winograd<T> {
     c: usize,
     o: usize,
