@@ -10,8 +10,9 @@
 //!
 //! Layers with few taps per output (a first layer: c/groups·kh·kw <= 32, stride 1) skip
 //! im2col for their forward and weight gradient: `conv_direct.rs`. 3x3 stride-1 layers
-//! with at least 16 channels in and out run Winograd F(4x4, 3x3) on blocks of images,
-//! forward and backward: `conv_winograd.rs` (`Route` picks; the same route both ways).
+//! with at least 16 channels in and out and 256 tiles of 4x4 outputs per call run Winograd
+//! F(4x4, 3x3) on blocks of images, forward and backward: `conv_winograd.rs` (`Route`
+//! picks; the same route both ways).
 //!
 //! `im2col` / `col2im` over a whole batch remain for `unfold2d` (and avg_pool2d).
 
