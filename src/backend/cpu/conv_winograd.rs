@@ -50,6 +50,12 @@ const MIN_TILES: usize = 4 * BACKWARD_TILES;
 /// count must not depend on the thread count). A machine with more than 8 threads runs a
 /// Winograd backward on 8 of them: raise this if that shows in a profile there.
 const BACKWARD_TASKS: usize = 8;
+/// Elements all backward tasks' partial weight gradients (36·c·o each) may hold together
+/// (64 MB of f32); layers with larger ones get fewer tasks, down to 2.
+const PARTIALS_BUDGET: usize = 16 << 20;
+/// At most this many (input, output) channel pairs: U alone is 36·c·o elements (38 MB of
+/// f32 at 512 x 512), and each backward task holds a partial of that size.
+const MAX_CHANNEL_PAIRS: usize = 512 * 512;
 
 /// Bᵀ, G and Aᵀ for the interpolation points 0, 1, -1, 2, -2 (and ∞): the algorithm's
 /// definition. They run as the transforms written out below (`input_t`, `weight_t`,
@@ -87,7 +93,8 @@ pub(super) fn applies(geom: &ConvGeom) -> bool {
     let Some((oh, ow)) = w.out_hw(geom.h, geom.w) else { return false };
     let shape_fits = w.kernel == (3, 3) && w.stride == (1, 1) && w.dilation == (1, 1) && geom.groups == 1;
     let tiles = oh.div_ceil(M) * ow.div_ceil(M);
-    let enough = geom.c >= MIN_CHANNELS && geom.o >= MIN_CHANNELS && geom.n * tiles >= MIN_TILES;
+    let channels = geom.c >= MIN_CHANNELS && geom.o >= MIN_CHANNELS && geom.c * geom.o <= MAX_CHANNEL_PAIRS;
+    let enough = channels && geom.n * tiles >= MIN_TILES;
     shape_fits && enough && oh * ow > 0 && tiles * M * M <= 2 * oh * ow && enabled()
 }
 
@@ -321,10 +328,12 @@ impl<T: Float> Winograd<T> {
     }
 
     /// Images per backward task: whole blocks, at most [`BACKWARD_TASKS`] tasks (each holds
-    /// a partial weight gradient of 36·c·o elements until they are summed).
+    /// a partial weight gradient of 36·c·o elements until they are summed; fewer for large
+    /// layers, see [`PARTIALS_BUDGET`]).
     pub(super) fn backward_task_images(&self) -> usize {
         let per = self.per_block[1];
-        per * self.n.div_ceil(per).div_ceil(BACKWARD_TASKS).max(1)
+        let tasks = (PARTIALS_BUDGET / self.du_len()).clamp(2, BACKWARD_TASKS);
+        per * self.n.div_ceil(per).div_ceil(tasks).max(1)
     }
 
     /// gemm's own threads only when there are fewer blocks than threads to share.
