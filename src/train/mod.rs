@@ -5,9 +5,11 @@
 mod logger;
 pub mod models;
 mod run;
+mod tuner;
 
 pub use logger::TrainLogger;
 pub use run::{peak_rss_bytes, run, run_distributed, RunConfig, Summary};
+pub use tuner::{CpuThreadsMode, ThreadTuner};
 
 use crate::data::{DataLoader, Dataset};
 use crate::dist::DataParallel;
@@ -41,14 +43,17 @@ pub struct LoopConfig {
 }
 
 /// What else an epoch does besides training: settings, a learning-rate schedule (per
-/// step), a TensorBoard logger, and for data-parallel training the rank's [`DataParallel`]
-/// (the loader must then be sharded with `with_shard(rank, world_size)`).
+/// step), a TensorBoard logger, for data-parallel training the rank's [`DataParallel`]
+/// (the loader must then be sharded with `with_shard(rank, world_size)`), and for CPU
+/// training a [`ThreadTuner`] that runs each step on rayon's workers or inline, whichever
+/// is faster on this machine now (without one, ops use the workers).
 #[derive(Default)]
 pub struct EpochHooks<'a> {
     pub cfg: LoopConfig,
     pub schedule: Option<&'a dyn LrSchedule>,
     pub logger: Option<&'a mut TrainLogger>,
     pub dist: Option<&'a mut DataParallel>,
+    pub tuner: Option<&'a mut ThreadTuner>,
 }
 
 /// Trains one epoch; `step` is the global step count, advanced per batch.
@@ -60,7 +65,7 @@ pub fn train_epoch(
     step: &mut usize,
     hooks: EpochHooks<'_>,
 ) -> Result<EpochMetrics> {
-    let EpochHooks { cfg, schedule, mut logger, mut dist } = hooks;
+    let EpochHooks { cfg, schedule, mut logger, mut dist, mut tuner } = hooks;
     if let Some(dp) = dist.as_deref() {
         if dp.world_size() > 1 && loader.shard != Some((dp.rank(), dp.world_size())) {
             return Err(Error::invalid(
@@ -91,6 +96,7 @@ pub fn train_epoch(
             break;
         }
         let batch = batch?;
+        let work_start = Instant::now();
         if let Some(s) = schedule {
             opt.set_lr(s.lr(*step));
         }
@@ -103,7 +109,10 @@ pub fn train_epoch(
             dp.begin_backward(n as f64 / loader.global_batch_len(b).max(1) as f64)?;
         }
         // A rank whose share of a short last batch is empty still joins the all-reduce.
-        let (l, logits) = if n > 0 {
+        let forward_backward = || -> Result<(f64, Option<Tensor>)> {
+            if n == 0 {
+                return Ok((0.0, None));
+            }
             let logits = model.forward(&batch.inputs)?;
             let loss = logits.cross_entropy(&batch.targets, cfg.label_smoothing)?;
             let l = loss.to_scalar::<f64>()?;
@@ -112,9 +121,11 @@ pub fn train_epoch(
                 return Err(Error::NonFiniteLoss { loss: l, epoch, step: *step });
             }
             loss.backward()?;
-            (l, Some(logits))
-        } else {
-            (0.0, None)
+            Ok((l, Some(logits)))
+        };
+        let (l, logits) = match tuner.as_deref() {
+            Some(t) => t.run(forward_backward)?,
+            None => forward_backward()?,
         };
         if let Some(dp) = dist.as_deref_mut() {
             dp.finish_gradients()?;
@@ -122,11 +133,21 @@ pub fn train_epoch(
         if let Some(max) = cfg.clip_grad_norm {
             crate::optim::clip_grad_norm(&model.parameters(), max)?;
         }
-        opt.step()?;
-        loss_sum += l * n as f64;
-        if let Some(logits) = logits {
-            correct += count_correct(&logits.detach(), &batch.targets)?;
+        let mut update = || -> Result<usize> {
+            opt.step()?;
+            match &logits {
+                Some(logits) => count_correct(&logits.detach(), &batch.targets),
+                None => Ok(0),
+            }
+        };
+        correct += match tuner.as_deref() {
+            Some(t) => t.run(update)?,
+            None => update()?,
+        };
+        if let Some(t) = tuner.as_deref_mut() {
+            t.record(work_start.elapsed());
         }
+        loss_sum += l * n as f64;
         seen += n;
         if let Some(lg) = logger.as_deref_mut() {
             let sps = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);

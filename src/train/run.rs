@@ -2,7 +2,9 @@
 //! a checkpoint after every epoch, `summary.json` at the end; or a resumed run that
 //! continues a checkpoint exactly.
 
-use super::{evaluate, models, train_epoch, EpochHooks, EpochMetrics, LoopConfig, TrainLogger};
+use super::{
+    evaluate, models, train_epoch, CpuThreadsMode, EpochHooks, EpochMetrics, LoopConfig, ThreadTuner, TrainLogger,
+};
 use crate::data::{mnist, DataLoader, Dataset};
 use crate::dist::DataParallel;
 use crate::io::checkpoint::{self, SaveRequest};
@@ -303,6 +305,9 @@ fn run_seeded(
     if cfg.profile && main {
         crate::profile::start();
     }
+    // CPU ops on rayon's workers or inline, whichever steps faster here and now (see
+    // tuner.rs). Data-parallel ranks keep their pools: a rank's speed is not its own to pick.
+    let mut tuner = (device == Device::Cpu && dp.is_none()).then(|| ThreadTuner::new(CpuThreadsMode::from_env()));
     while epoch < cfg.epochs && cfg.max_steps.is_none_or(|m| step < m) {
         epoch += 1;
         let mut m = train_epoch(
@@ -311,12 +316,22 @@ fn run_seeded(
             &loader,
             epoch,
             &mut step,
-            EpochHooks { cfg: loop_cfg, schedule: None, logger: logger.as_mut(), dist: dp.as_mut() },
+            EpochHooks {
+                cfg: loop_cfg,
+                schedule: None,
+                logger: logger.as_mut(),
+                dist: dp.as_mut(),
+                tuner: tuner.as_mut(),
+            },
         )?;
         if !main {
             continue;
         }
-        let (tl, ta) = evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE)?;
+        let eval = || evaluate(model.as_ref(), &test, crate::train::EVAL_BATCH_SIZE);
+        let (tl, ta) = match &tuner {
+            Some(t) => t.run(eval)?,
+            None => eval()?,
+        };
         m.test_loss = Some(tl);
         m.test_accuracy = Some(ta);
         if let Some(lg) = logger.as_mut() {

@@ -5,6 +5,7 @@ mod checkpoint;
 mod data;
 mod layers;
 mod optim;
+mod threads;
 mod torch_parity;
 mod visualize;
 

@@ -59,7 +59,7 @@ impl ConvGeom {
     /// give every thread one (batch-1 inference on a large image).
     fn par(&self) -> Parallelism {
         let macs = self.o * self.group_rows() * self.l();
-        if self.n >= rayon::current_num_threads() || macs < super::matmul::PAR_GEMM_MACS {
+        if self.n >= super::threads() || macs < super::matmul::PAR_GEMM_MACS {
             Parallelism::None
         } else {
             Parallelism::Rayon(0)
@@ -212,6 +212,7 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
         let mut out = super::zeroed::<T>(geom.n * o * l);
         if !out.is_empty() {
             out.par_chunks_mut(per * o * l)
+                .with_min_len(super::par_min_len())
                 .enumerate()
                 .for_each_init(scratch, |s, (t, dst)| conv_images(t * per, dst.len() / (o * l), s, dst));
         }
@@ -222,18 +223,22 @@ fn conv2d_t<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, geom: &ConvGeom, epi: E
     let mut out = super::zeroed::<T>(geom.n * o * pooled);
     let mut idx = super::zeroed::<i64>(geom.n * o * pooled);
     if !out.is_empty() {
-        out.par_chunks_mut(per * o * pooled).zip(idx.par_chunks_mut(per * o * pooled)).enumerate().for_each_init(
-            || (scratch(), vec![T::zero(); per * o * l]),
-            |(s, conv), (t, (dst, di))| {
-                let count = dst.len() / (o * pooled);
-                conv_images(t * per, count, s, conv);
-                for ((plane, vo), io) in
-                    conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
-                {
-                    super::pool::pool_2x2(plane, ow, (oh / 2, ow / 2), vo, io);
-                }
-            },
-        );
+        out.par_chunks_mut(per * o * pooled)
+            .zip(idx.par_chunks_mut(per * o * pooled))
+            .with_min_len(super::par_min_len())
+            .enumerate()
+            .for_each_init(
+                || (scratch(), vec![T::zero(); per * o * l]),
+                |(s, conv), (t, (dst, di))| {
+                    let count = dst.len() / (o * pooled);
+                    conv_images(t * per, count, s, conv);
+                    for ((plane, vo), io) in
+                        conv.chunks_exact(l).zip(dst.chunks_exact_mut(pooled)).zip(di.chunks_exact_mut(pooled))
+                    {
+                        super::pool::pool_2x2(plane, ow, (oh / 2, ow / 2), vo, io);
+                    }
+                },
+            );
     }
     (out, Some(idx))
 }
@@ -395,9 +400,17 @@ fn conv2d_backward_t<T: Float>(
     let step = route.images_per_task(IMAGES_PER_TASK, false);
     let mut dx = if need_dx { super::zeroed::<T>(n * img) } else { Vec::new() };
     let partials: Vec<Partial<T>> = if need_dx && img > 0 {
-        dx.par_chunks_mut(step * img).enumerate().map(|(t, d)| block(t * step, d.len() / img, d)).collect()
+        dx.par_chunks_mut(step * img)
+            .with_min_len(super::par_min_len())
+            .enumerate()
+            .map(|(t, d)| block(t * step, d.len() / img, d))
+            .collect()
     } else {
-        (0..n.div_ceil(step)).into_par_iter().map(|t| block(t * step, step.min(n - t * step), &mut [])).collect()
+        (0..n.div_ceil(step))
+            .into_par_iter()
+            .with_min_len(super::par_min_len())
+            .map(|t| block(t * step, step.min(n - t * step), &mut []))
+            .collect()
     };
     let dw = need_dw.then(|| {
         let mut dw = vec![T::zero(); dw_len];
@@ -491,6 +504,7 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d) -> Result<CpuStorage> {
             // One task per (image, channel) plane, each writing its own rows.
             out.par_chunks_mut(rows)
                 .zip(x.par_chunks(h * wd))
+                .with_min_len(super::par_min_len())
                 .for_each(|(rows, src)| im2col_plane(src, h, wd, w, (oh, ow), rows));
         }
         out
@@ -513,6 +527,7 @@ pub fn col2im(s: &CpuStorage, l: &Layout, x_dims: &[usize], w: &Window2d) -> Res
         if !out.is_empty() {
             out.par_chunks_mut(h * wd)
                 .zip(cols.par_chunks(rows))
+                .with_min_len(super::par_min_len())
                 .for_each(|(dst, rows)| col2im_plane(rows, h, wd, w, (oh, ow), dst));
         }
         out

@@ -340,7 +340,7 @@ impl<T: Float> Winograd<T> {
     fn par(&self, tb: usize) -> Parallelism {
         let per_block = self.per_block[0].max(self.per_block[1]);
         let blocks = self.n.div_ceil(per_block);
-        if blocks >= rayon::current_num_threads() || XI * self.op * self.cp * tb < super::matmul::PAR_GEMM_MACS {
+        if blocks >= super::threads() || XI * self.op * self.cp * tb < super::matmul::PAR_GEMM_MACS {
             Parallelism::None
         } else {
             Parallelism::Rayon(0)

@@ -71,7 +71,7 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
         }
     };
     let macs = m * n * k;
-    let threads = rayon::current_num_threads();
+    let threads = super::threads();
     if threads == 1 || macs * batch < PAR_GEMM_MACS {
         for (dst, &o) in out.chunks_mut(m * n).zip(&offs) {
             one_gemm(dst, m, o, Parallelism::None);

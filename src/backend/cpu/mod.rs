@@ -11,6 +11,7 @@ mod elementwise;
 mod index;
 mod matmul;
 mod optim;
+pub mod parallel;
 mod pool;
 mod reduce;
 mod simd;
@@ -22,6 +23,8 @@ pub use elementwise::{binary, unary, where_cond};
 pub use index::{gather, index_add, index_select, scatter_add};
 pub use matmul::matmul;
 pub use optim::adam_step;
+pub use parallel::{is_inline, run_inline};
+pub(crate) use parallel::{min_len as par_min_len, par_threshold, threads};
 pub use pool::{max_pool2d, max_pool2d_backward};
 pub use reduce::reduce;
 pub use softmax::{cross_entropy, softmax_last_dim};
@@ -30,10 +33,6 @@ pub use strided::{copy_into, to_contiguous};
 use crate::{DType, Error, Layout, Result, WithDType};
 use half::{bf16, f16};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Elements below this count are processed on the calling thread: waking rayon workers
-/// costs more than it saves for the small tensors of a typical training step.
-pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
 
 static BYTES_IN_USE: AtomicUsize = AtomicUsize::new(0);
 static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);

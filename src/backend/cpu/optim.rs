@@ -53,7 +53,7 @@ fn go<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamStep) {
             },
         )
     };
-    if p.len() < super::PAR_THRESHOLD {
+    if p.len() < super::par_threshold() {
         run(p, g, m, v);
     } else {
         const CHUNK: usize = 16 * 1024;

@@ -29,62 +29,68 @@ fn pool_t<T: Float>(x: &[T], dims: &[usize], w: &Window2d) -> (Vec<T>, Vec<i64>)
     if vals.is_empty() {
         return (vals, idx);
     }
-    vals.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vo, io))| {
-        let src = &x[p * h * wd..(p + 1) * h * wd];
-        if w.padding == (0, 0) && w.kernel == (2, 2) && w.stride == (2, 2) && w.dilation == (1, 1) {
-            pool_2x2(src, wd, (oh, ow), vo, io);
-            return;
-        }
-        if w.padding == (0, 0) {
-            // Every tap is inside the image: no bounds checks in the hot loop.
-            let (kh, kw, (sh, sw), (dh, dw)) = (w.kernel.0, w.kernel.1, w.stride, w.dilation);
+    vals.par_chunks_mut(oh * ow)
+        .zip(idx.par_chunks_mut(oh * ow))
+        .with_min_len(super::par_min_len())
+        .enumerate()
+        .for_each(|(p, (vo, io))| {
+            let src = &x[p * h * wd..(p + 1) * h * wd];
+            if w.padding == (0, 0) && w.kernel == (2, 2) && w.stride == (2, 2) && w.dilation == (1, 1) {
+                pool_2x2(src, wd, (oh, ow), vo, io);
+                return;
+            }
+            if w.padding == (0, 0) {
+                // Every tap is inside the image: no bounds checks in the hot loop.
+                let (kh, kw, (sh, sw), (dh, dw)) = (w.kernel.0, w.kernel.1, w.stride, w.dilation);
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        let base = y * sh * wd + xo * sw;
+                        let (mut best, mut best_i) = (src[base], base);
+                        for i in 0..kh {
+                            let row = base + i * dh * wd;
+                            for j in 0..kw {
+                                let k = row + j * dw;
+                                let v = src[k];
+                                if v > best || (v.is_nan() && !best.is_nan()) {
+                                    best = v;
+                                    best_i = k;
+                                }
+                            }
+                        }
+                        vo[y * ow + xo] = best;
+                        io[y * ow + xo] = best_i as i64;
+                    }
+                }
+                return;
+            }
             for y in 0..oh {
                 for xo in 0..ow {
-                    let base = y * sh * wd + xo * sw;
-                    let (mut best, mut best_i) = (src[base], base);
-                    for i in 0..kh {
-                        let row = base + i * dh * wd;
-                        for j in 0..kw {
-                            let k = row + j * dw;
-                            let v = src[k];
-                            if v > best || (v.is_nan() && !best.is_nan()) {
+                    let mut best = T::neg_infinity();
+                    let mut best_i = -1i64;
+                    for i in 0..w.kernel.0 {
+                        let Some(sy) = (y * w.stride.0 + i * w.dilation.0).checked_sub(w.padding.0) else { continue };
+                        if sy >= h {
+                            continue;
+                        }
+                        for j in 0..w.kernel.1 {
+                            let Some(sx) = (xo * w.stride.1 + j * w.dilation.1).checked_sub(w.padding.1) else {
+                                continue;
+                            };
+                            if sx >= wd {
+                                continue;
+                            }
+                            let v = src[sy * wd + sx];
+                            if best_i < 0 || v > best || v.is_nan() {
                                 best = v;
-                                best_i = k;
+                                best_i = (sy * wd + sx) as i64;
                             }
                         }
                     }
                     vo[y * ow + xo] = best;
-                    io[y * ow + xo] = best_i as i64;
+                    io[y * ow + xo] = best_i.max(0);
                 }
             }
-            return;
-        }
-        for y in 0..oh {
-            for xo in 0..ow {
-                let mut best = T::neg_infinity();
-                let mut best_i = -1i64;
-                for i in 0..w.kernel.0 {
-                    let Some(sy) = (y * w.stride.0 + i * w.dilation.0).checked_sub(w.padding.0) else { continue };
-                    if sy >= h {
-                        continue;
-                    }
-                    for j in 0..w.kernel.1 {
-                        let Some(sx) = (xo * w.stride.1 + j * w.dilation.1).checked_sub(w.padding.1) else { continue };
-                        if sx >= wd {
-                            continue;
-                        }
-                        let v = src[sy * wd + sx];
-                        if best_i < 0 || v > best || v.is_nan() {
-                            best = v;
-                            best_i = (sy * wd + sx) as i64;
-                        }
-                    }
-                }
-                vo[y * ow + xo] = best;
-                io[y * ow + xo] = best_i.max(0);
-            }
-        }
-    });
+        });
     (vals, idx)
 }
 
@@ -166,16 +172,17 @@ pub fn max_pool2d_backward(
         if out.is_empty() || out_len == 0 {
             return out;
         }
-        out.par_chunks_mut(plane_len).zip(g.par_chunks(out_len).zip(idx.par_chunks(out_len))).for_each(
-            |(dst, (g, idx))| {
+        out.par_chunks_mut(plane_len)
+            .zip(g.par_chunks(out_len).zip(idx.par_chunks(out_len)))
+            .with_min_len(super::par_min_len())
+            .for_each(|(dst, (g, idx))| {
                 for (&gv, &i) in g.iter().zip(idx) {
                     // Indices come from max_pool2d itself: always inside the plane.
                     if let Some(d) = dst.get_mut(i as usize) {
                         *d = *d + gv;
                     }
                 }
-            },
-        );
+            });
         out
     }
     Ok(match float_view(g, gl, "max_pool2d_backward")? {

@@ -3,9 +3,7 @@
 //! reduces one contiguous run.
 
 use super::simd::vectorize;
-use super::{
-    float_view, from_f32, to_contiguous_vec as contiguous, CpuData, CpuStorage, Float, FloatView, PAR_THRESHOLD,
-};
+use super::{float_view, from_f32, to_contiguous_vec as contiguous, CpuData, CpuStorage, Float, FloatView};
 use crate::backend::ReduceOp;
 use crate::{Error, Layout, Result, WithDType};
 use rayon::prelude::*;
@@ -105,7 +103,7 @@ fn column_sums<T: Float>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
     };
     let mut out = vec![T::zero(); cols];
     const BLOCK: usize = 1024;
-    if rows * cols < PAR_THRESHOLD || cols <= BLOCK {
+    if rows * cols < super::par_threshold() || cols <= BLOCK {
         block(0, &mut out);
     } else {
         out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, o)| block(i * BLOCK, o));
@@ -129,9 +127,9 @@ fn rows<T: Sync, U: Send>(data: &[T], outer: usize, inner: usize, f: impl Fn(&[T
     if inner == 0 {
         return (0..outer).map(|_| f(&[])).collect();
     }
-    if outer * inner < PAR_THRESHOLD || outer == 1 {
+    if outer * inner < super::par_threshold() || outer == 1 {
         data.chunks(inner).map(f).collect()
     } else {
-        data.par_chunks(inner).with_min_len((PAR_THRESHOLD / inner).max(1)).map(f).collect()
+        data.par_chunks(inner).with_min_len((super::par_threshold() / inner).max(1)).map(f).collect()
     }
 }

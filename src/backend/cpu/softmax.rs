@@ -1,7 +1,7 @@
 //! Row-wise softmax / log-softmax and the fused softmax-cross-entropy. Each row is
 //! shifted by its max before exp, so large logits never overflow.
 
-use super::{float_view, from_f32, to_contiguous_vec, CpuData, CpuStorage, Float, FloatView, PAR_THRESHOLD};
+use super::{float_view, from_f32, to_contiguous_vec, CpuData, CpuStorage, Float, FloatView};
 use crate::{Error, Layout, Result, WithDType};
 use rayon::prelude::*;
 
@@ -37,7 +37,7 @@ fn softmax_t<T: Float>(x: &[T], c: usize, log: bool) -> Vec<T> {
             dst.iter_mut().for_each(|d| *d = *d * inv);
         }
     };
-    if x.len() < PAR_THRESHOLD {
+    if x.len() < super::par_threshold() {
         x.chunks(c).zip(out.chunks_mut(c)).for_each(row);
     } else {
         x.par_chunks(c).zip(out.par_chunks_mut(c)).for_each(row);

@@ -3,7 +3,7 @@
 //! back in every operand are merged first, so a broadcast bias add is one long inner row.
 
 use super::simd::vectorize;
-use super::{CpuData, CpuStorage, PAR_THRESHOLD};
+use super::{CpuData, CpuStorage};
 use crate::Layout;
 use rayon::prelude::*;
 
@@ -98,11 +98,11 @@ impl<const K: usize> Walk<K> {
             return;
         }
         let rows = self.rows();
-        if rows * inner < PAR_THRESHOLD || rows == 1 {
+        if rows * inner < super::par_threshold() || rows == 1 {
             self.for_rows(0, rows, |r, b| f(&mut out[r * inner..(r + 1) * inner], b));
             return;
         }
-        let rows_per_chunk = (PAR_THRESHOLD / 2 / inner).max(1);
+        let rows_per_chunk = (super::par_threshold() / 2 / inner).max(1);
         out.par_chunks_mut(rows_per_chunk * inner).enumerate().for_each(|(c, chunk)| {
             let r0 = c * rows_per_chunk;
             let r1 = r0 + chunk.len() / inner;
@@ -119,7 +119,7 @@ where
 {
     if let Some(r) = l.contiguous_range() {
         let s = &src[r];
-        if s.len() < PAR_THRESHOLD {
+        if s.len() < super::par_threshold() {
             return vectorize(
                 #[inline(always)]
                 || s.iter().map(|&x| f(x)).collect(),
@@ -128,16 +128,18 @@ where
         // Chunked loops over plain slices vectorize; a zeroed Vec is fresh pages from
         // the allocator, faulted in by the threads that fill them.
         let mut out = super::zeroed::<U>(s.len());
-        out.par_chunks_mut(PAR_THRESHOLD / 2).zip(s.par_chunks(PAR_THRESHOLD / 2)).for_each(|(o, s)| {
-            vectorize(
-                #[inline(always)]
-                || {
-                    for (o, &x) in o.iter_mut().zip(s) {
-                        *o = f(x);
-                    }
-                },
-            )
-        });
+        out.par_chunks_mut(super::par_threshold() / 2).zip(s.par_chunks(super::par_threshold() / 2)).for_each(
+            |(o, s)| {
+                vectorize(
+                    #[inline(always)]
+                    || {
+                        for (o, &x) in o.iter_mut().zip(s) {
+                            *o = f(x);
+                        }
+                    },
+                )
+            },
+        );
         return out;
     }
     let walk = Walk::new(l.dims(), [l.strides()], [l.offset()]);
@@ -171,14 +173,14 @@ where
 {
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
-        if a.len() < PAR_THRESHOLD {
+        if a.len() < super::par_threshold() {
             return vectorize(
                 #[inline(always)]
                 || a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
             );
         }
         let mut out = super::zeroed::<U>(a.len());
-        let c = PAR_THRESHOLD / 2;
+        let c = super::par_threshold() / 2;
         out.par_chunks_mut(c).zip(a.par_chunks(c)).zip(b.par_chunks(c)).for_each(|((o, a), b)| {
             vectorize(
                 #[inline(always)]
