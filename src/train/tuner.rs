@@ -4,18 +4,25 @@
 //! On two dedicated cores the workers make an MLP step 1.4x faster. On a VM whose two vCPUs
 //! share the host's cores with other tenants, the same step measured 1.5x *slower* on two
 //! workers than on one (each fork-join op waits for the other vCPU's late time slice), and
-//! which of the two a machine is can change within minutes. So the tuner measures: it times a
-//! few steps each way, alternating, takes the faster by the median, keeps it for a window of
-//! steps, then measures again. The window doubles while the choice holds (up to
-//! [`MAX_WINDOW`] steps) and starts over when it flips, so measuring costs a few percent of
-//! steps at most. Both ways compute the same bits, so the choice changes speed only.
+//! which of the two a machine is can change within minutes. So the tuner measures: it keeps
+//! the way it chose for a window of steps, timing the last few; then it runs a few steps the
+//! other way and switches if their median is lower. The first step after a switch is not
+//! timed: it pays for the switch (a worker still spinning from the pool's last op competes
+//! with the first inline step; alternating step by step made inline look 15% slower than it
+//! runs). The window doubles while the choice holds (up to [`MAX_WINDOW`] steps) and starts
+//! over when it flips, so the other way costs a few percent of steps at most. Both ways
+//! compute the same bits, so the choice changes speed only.
 //!
 //! `KILN_CPU_INLINE=0` keeps the pool always, `=1` runs inline always, unset or `auto` tunes.
 
 use std::time::Duration;
 
-/// Steps timed each way per measurement.
+/// Steps timed the other way per measurement (after [`SETTLE_STEPS`] untimed ones).
 const PROBE_STEPS: usize = 3;
+/// Steps run untimed right after a switch.
+const SETTLE_STEPS: usize = 1;
+/// Steps of the current way whose median it is judged by (the last ones of its window).
+const RECENT_STEPS: usize = 5;
 /// Steps between the first measurements.
 const MIN_WINDOW: usize = 32;
 /// Longest stretch between measurements while the choice holds.
@@ -51,16 +58,20 @@ impl CpuThreadsMode {
 #[derive(Debug)]
 pub struct ThreadTuner {
     mode: CpuThreadsMode,
+    /// How the next step runs.
     inline: bool,
-    /// Steps timed on the pool and inline in the current measurement (empty between them).
-    pool_times: Vec<f64>,
-    inline_times: Vec<f64>,
-    /// Steps left before the next measurement.
+    /// Running the other way to time it.
+    probing: bool,
+    /// Times of the current way's last steps (at most RECENT_STEPS).
+    recent: Vec<f64>,
+    /// Times of the other way's steps in this measurement.
+    probe: Vec<f64>,
+    /// Untimed steps left after a switch.
+    settle: usize,
+    /// Steps of the current way left before the next measurement.
     left: usize,
     window: usize,
-    /// The choice of the last measurement.
-    last_inline: bool,
-    /// Measurements taken and how many chose inline (for the log and tests).
+    /// Measurements taken, and how many chose inline (for the log and tests).
     pub measurements: usize,
     pub chose_inline: usize,
 }
@@ -72,12 +83,13 @@ impl ThreadTuner {
         ThreadTuner {
             mode,
             inline: mode == CpuThreadsMode::Inline,
-            pool_times: Vec::new(),
-            inline_times: Vec::new(),
-            // Measure at once: the first steps decide for the next window.
-            left: 0,
+            probing: false,
+            recent: Vec::new(),
+            probe: Vec::new(),
+            settle: SETTLE_STEPS,
+            // The first measurement comes as soon as the pool's own steps have been timed.
+            left: SETTLE_STEPS + RECENT_STEPS,
             window: MIN_WINDOW,
-            last_inline: false,
             measurements: 0,
             chose_inline: 0,
         }
@@ -102,41 +114,50 @@ impl ThreadTuner {
         if self.mode != CpuThreadsMode::Auto {
             return;
         }
-        if self.left > 0 {
-            self.left -= 1;
-            if self.left == 0 {
-                // Start measuring: alternate, beginning with the other way than the current.
+        let secs = step_time.as_secs_f64();
+        if self.settle > 0 {
+            self.settle -= 1;
+        } else if self.probing {
+            self.probe.push(secs);
+        } else {
+            if self.recent.len() == RECENT_STEPS {
+                self.recent.remove(0);
+            }
+            self.recent.push(secs);
+        }
+        if !self.probing {
+            self.left = self.left.saturating_sub(1);
+            if self.left == 0 && !self.recent.is_empty() {
+                // Time the other way.
+                self.probing = true;
+                self.probe.clear();
+                self.settle = SETTLE_STEPS;
                 self.inline = !self.inline;
             }
             return;
         }
-        let secs = step_time.as_secs_f64();
-        if self.inline { &mut self.inline_times } else { &mut self.pool_times }.push(secs);
-        if self.pool_times.len() < PROBE_STEPS || self.inline_times.len() < PROBE_STEPS {
-            self.inline = !self.inline;
+        if self.probe.len() < PROBE_STEPS {
             return;
         }
-        let (pool, inline) = (median(&mut self.pool_times), median(&mut self.inline_times));
-        self.pool_times.clear();
-        self.inline_times.clear();
-        let choose_inline = inline < pool;
-        self.window = if self.measurements > 0 && choose_inline == self.last_inline {
-            (self.window * 2).min(MAX_WINDOW)
-        } else {
-            MIN_WINDOW
-        };
+        let (current, other) = (median(&mut self.recent), median(&mut self.probe));
+        let other_is_inline = self.inline;
+        let choose_inline = if other < current { other_is_inline } else { !other_is_inline };
+        let (pool_ms, inline_ms) =
+            if other_is_inline { (current * 1e3, other * 1e3) } else { (other * 1e3, current * 1e3) };
+        // The window grows while measurements keep the way that ran before them.
+        let kept = choose_inline != other_is_inline;
+        self.window = if kept { (self.window * 2).min(MAX_WINDOW) } else { MIN_WINDOW };
+        if self.inline != choose_inline {
+            // Back from the probe to the way that ran before: a switch, untimed first step.
+            self.settle = SETTLE_STEPS;
+        }
         self.measurements += 1;
         self.chose_inline += usize::from(choose_inline);
-        self.last_inline = choose_inline;
         self.inline = choose_inline;
+        self.probing = false;
+        self.recent.clear();
         self.left = self.window;
-        tracing::debug!(
-            pool_ms = pool * 1e3,
-            inline_ms = inline * 1e3,
-            inline = choose_inline,
-            window = self.window,
-            "CPU ops: median step time on the pool vs inline"
-        );
+        tracing::debug!(pool_ms, inline_ms, inline = choose_inline, window = self.window, "CPU ops: median step times");
     }
 }
 
@@ -149,8 +170,8 @@ fn median(v: &mut [f64]) -> f64 {
 mod tests {
     use super::*;
 
-    /// Feeds the tuner steps that take `pool_ms` / `inline_ms` until `steps` have run;
-    /// returns how many ran inline.
+    /// Runs `steps` steps that take `pool_ms` on the pool and `inline_ms` inline; returns how
+    /// many ran inline.
     fn drive(t: &mut ThreadTuner, steps: usize, pool_ms: u64, inline_ms: u64) -> usize {
         let mut inline_steps = 0;
         for _ in 0..steps {
@@ -164,45 +185,51 @@ mod tests {
         rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(f)
     }
 
+    /// Steps from a decision to the next one while the choice holds: the window, then the
+    /// other way (settling + timed), then one settling step back.
+    fn cycle(window: usize) -> usize {
+        window + SETTLE_STEPS + PROBE_STEPS
+    }
+
     #[test]
     fn picks_the_faster_way_and_measures_less_often_while_the_choice_holds() {
         two_workers(|| {
             let mut t = ThreadTuner::new(CpuThreadsMode::Auto);
             assert!(!t.inline(), "starts on the pool");
-            // Inline is faster: after one measurement (3 + 3 alternating steps) it stays inline.
-            drive(&mut t, 2 * PROBE_STEPS, 3, 2);
+            // Inline is faster: the first measurement (pool steps, then inline ones) switches.
+            let first = SETTLE_STEPS + RECENT_STEPS + SETTLE_STEPS + PROBE_STEPS;
+            assert_eq!(drive(&mut t, first, 3, 2), SETTLE_STEPS + PROBE_STEPS);
             assert!(t.inline());
             assert_eq!((t.measurements, t.chose_inline, t.window), (1, 1, MIN_WINDOW));
-            // The window runs inline, then a measurement (3 steps back on the pool) confirms:
-            // the window doubles.
-            assert_eq!(drive(&mut t, MIN_WINDOW + 2 * PROBE_STEPS, 3, 2), MIN_WINDOW + PROBE_STEPS);
+            // The next measurement runs a few pool steps and stays inline: the window doubles.
+            let n = cycle(MIN_WINDOW);
+            assert_eq!(drive(&mut t, n, 3, 2), n - SETTLE_STEPS - PROBE_STEPS);
+            assert!(t.inline());
             assert_eq!((t.measurements, t.window), (2, 2 * MIN_WINDOW));
             // It keeps doubling up to MAX_WINDOW.
             for _ in 0..8 {
                 let w = t.window;
-                drive(&mut t, w + 2 * PROBE_STEPS, 3, 2);
+                drive(&mut t, cycle(w), 3, 2);
             }
-            assert_eq!(t.window, MAX_WINDOW);
-            assert!(t.inline());
-            // The machine changes: the pool is faster now. Within one window plus one
-            // measurement the tuner is back on the pool, measuring often again.
-            drive(&mut t, MAX_WINDOW + 2 * PROBE_STEPS, 3, 5);
-            assert!(!t.inline());
-            assert_eq!(t.window, MIN_WINDOW);
-            // While the pool wins, only the probe steps run inline: 3 in every window + 6.
-            let inline_steps = drive(&mut t, 10 * (MIN_WINDOW + 2 * PROBE_STEPS), 3, 5);
-            assert!(inline_steps <= 10 * PROBE_STEPS, "{inline_steps} inline steps");
+            assert_eq!((t.window, t.inline()), (MAX_WINDOW, true));
+            // The machine changes: the pool is faster now. By the end of the window the tuner
+            // is back on the pool, measuring often again.
+            drive(&mut t, cycle(MAX_WINDOW), 3, 5);
+            assert_eq!((t.inline(), t.window), (false, MIN_WINDOW));
+            // While the pool wins, only the probes run inline: 4 of every ~36 steps.
+            let inline_steps = drive(&mut t, 10 * cycle(MIN_WINDOW), 3, 5);
+            assert!(inline_steps <= 10 * (SETTLE_STEPS + PROBE_STEPS), "{inline_steps} inline steps");
         });
     }
 
     #[test]
-    fn the_median_ignores_one_outlier_step() {
+    fn the_first_step_after_a_switch_and_one_outlier_are_not_counted() {
         two_workers(|| {
             let mut t = ThreadTuner::new(CpuThreadsMode::Auto);
-            // Pool steps 3 ms but one of them 50 ms (a page-fault storm, a preemption);
-            // inline steps 4 ms: the pool still wins.
-            let times = [3, 4, 50, 4, 3, 4];
-            for ms in times {
+            // Pool steps: a slow first step (not timed), then 3 ms with one 50 ms outlier (a
+            // page-fault storm, a preemption). Inline: its first step 40 ms (the switch), then
+            // 4 ms. The pool wins: 3 < 4, though a mean would say otherwise.
+            for ms in [90, 3, 50, 3, 3, 3, 40, 4, 4, 4] {
                 t.record(Duration::from_millis(ms));
             }
             assert_eq!(t.measurements, 1);
