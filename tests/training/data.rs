@@ -67,9 +67,21 @@ fn idx_reader_and_its_errors() {
     assert_eq!((a.dims.clone(), a.data.clone()), (vec![2, 2, 2], img.clone()));
     let ds = mnist::load(&d.0, mnist::Split::Train, CPU).unwrap();
     assert_eq!(ds.len(), 2);
-    assert_eq!(ds.targets.to_vec::<i64>().unwrap(), vec![7, 1]);
-    let px = ds.inputs.to_vec::<f32>().unwrap();
+    assert_eq!(ds.targets().unwrap().to_vec::<i64>().unwrap(), vec![7, 1]);
+    let px = ds.inputs().unwrap().to_vec::<f32>().unwrap();
     assert!((px[1] - (30.0 / 255.0 - mnist::MEAN) / mnist::STD).abs() < 1e-6);
+    // A batch is the rows asked for, in that order, normalised, with their labels.
+    let b = ds.get_batch(&[1, 0, 1]).unwrap();
+    assert_eq!(b.inputs.dims(), &[3, 1, 2, 2]);
+    let want: Vec<f32> = [&img[4..8], &img[..4], &img[4..8]]
+        .concat()
+        .iter()
+        .map(|&p| (p as f32 / 255.0 - mnist::MEAN) / mnist::STD)
+        .collect();
+    assert_eq!(b.inputs.to_vec::<f32>().unwrap(), want);
+    assert_eq!(b.targets.to_vec::<i64>().unwrap(), vec![1, 7, 1]);
+    let e = ds.get_batch(&[0, 2]).unwrap_err();
+    assert!(matches!(e, Error::IndexOutOfRange { index: 2, size: 2, .. }), "{e}");
 
     let bad = d.0.join("bad");
     write(&bad, &idx_bytes(0x1234_0803, &[2], &[0, 0]), false);
@@ -92,8 +104,8 @@ fn the_bundled_digits_load() {
     let train = mnist::load(mnist::bundled_dir(), mnist::Split::Train, CPU).unwrap();
     let test = mnist::load(mnist::bundled_dir(), mnist::Split::Test, CPU).unwrap();
     assert_eq!((train.len(), test.len()), (8500, 1500));
-    assert_eq!(train.inputs.dims(), &[8500, 1, 28, 28]);
-    let labels = test.targets.to_vec::<i64>().unwrap();
+    assert_eq!(train.inputs().unwrap().dims(), &[8500, 1, 28, 28]);
+    let labels = test.targets().unwrap().to_vec::<i64>().unwrap();
     assert!((0..10).all(|c| labels.iter().filter(|&&l| l == c).count() > 100), "every digit is in the test split");
 }
 
