@@ -41,21 +41,20 @@ impl Op {
     }
 }
 
-/// The GEMMs of one training step of an MLP 784-256-256-10 at batch 128:
-/// (name, m, k, n, layout). The input gradient of the first layer is left out: the
-/// input does not require grad, so a training step never computes it.
+/// The GEMMs of one training step of an MLP 784-256-256-10 at batch 128, in the layouts
+/// Kiln runs them: (name, m, k, n, layout). Linear's forward is `x @ w.t()` ("nt", w stored
+/// [out, in]); its weight gradient is computed as `g.t() @ x` ("tn", [out, in] like w); its
+/// input gradient is `g @ w` ("nn"). The first layer's input gradient is left out: the input
+/// does not require grad, so a training step never computes it.
 const MLP_SHAPES: &[(&str, usize, usize, usize, Op)] = &[
-    // forward: h = x @ w
-    ("fc1_fwd", 128, 784, 256, Op::Nn),
-    ("fc2_fwd", 128, 256, 256, Op::Nn),
-    ("fc3_fwd", 128, 256, 10, Op::Nn),
-    // weight grads: dW = x.t() @ g
-    ("fc1_dw", 784, 128, 256, Op::Tn),
+    ("fc1_fwd", 128, 784, 256, Op::Nt),
+    ("fc2_fwd", 128, 256, 256, Op::Nt),
+    ("fc3_fwd", 128, 256, 10, Op::Nt),
+    ("fc1_dw", 256, 128, 784, Op::Tn),
     ("fc2_dw", 256, 128, 256, Op::Tn),
-    ("fc3_dw", 256, 128, 10, Op::Tn),
-    // input grads: dx = g @ w.t()
-    ("fc3_dx", 128, 10, 256, Op::Nt),
-    ("fc2_dx", 128, 256, 256, Op::Nt),
+    ("fc3_dw", 10, 128, 256, Op::Tn),
+    ("fc3_dx", 128, 10, 256, Op::Nn),
+    ("fc2_dx", 128, 256, 256, Op::Nn),
 ];
 
 /// Kiln operands for `A[m,k] @ B[k,n]` in `op`'s layout (transposes are views, no copy).
