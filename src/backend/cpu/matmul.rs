@@ -70,6 +70,34 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
             )
         }
     };
+    // dst[.. rows x cols, row stride n] = a[oa..] (rows x k) @ b[ob..] (k x cols).
+    let block_gemm = |dst: *mut T, rows: usize, cols: usize, oa: usize, ob: usize| {
+        // SAFETY: callers pass a block of this product's result and operand offsets whose
+        // rows x k and k x cols views lie inside the storages; gemm writes only that block.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                dst,
+                1,
+                n as isize,
+                false,
+                a.as_ptr().add(oa),
+                a_cs,
+                a_rs,
+                b.as_ptr().add(ob),
+                b_cs,
+                b_rs,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    };
     let macs = m * n * k;
     let threads = super::threads();
     if threads == 1 || macs * batch < PAR_GEMM_MACS {
@@ -80,15 +108,39 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
         // Enough products to keep every thread busy (conv2d: one per image): one task each.
         out.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(|(dst, &o)| one_gemm(dst, m, o, Parallelism::None));
     } else if macs < PAR_GEMM_MACS * 64 {
-        // Mid-size products (every GEMM of a small MLP step): split the rows of the result
-        // into one block per thread, each a single-threaded GEMM. Measured on 2 cores, gemm's
-        // own threading gains little here for transposed operands (~85 -> ~90 GFLOP/s),
-        // row blocks nearly double it.
-        let block = m.div_ceil(threads).next_multiple_of(8).min(m);
+        // Mid-size products (every GEMM of a small MLP step): one single-threaded GEMM per
+        // thread on a block of the result (gemm's own threading gains little at these sizes:
+        // ~85 -> ~90 GFLOP/s on 2 cores for transposed operands). Blocks of result columns
+        // when B is a transposed view (Linear's forward, x @ Wᵀ): each block then reads and
+        // packs only its own rows of W (a row block packs all of W, once per thread) and,
+        // like Adam's split, the same half of W stays with the same core step after step.
+        // Otherwise blocks of rows (a weight gradient's rows are W's rows).
+        let by_cols = b_rs == 1 && b_cs != 1;
+        let (len, align) = if by_cols { (n, 16) } else { (m, 8) };
+        let block = len.div_ceil(threads).next_multiple_of(align).min(len);
+        let (block_m, block_n) = if by_cols { (m, block) } else { (block, n) };
+        if !same_blocking(m, n, k, block_m, block_n) {
+            // This split would change how gemm blocks k, and with it the rounding: let gemm
+            // thread the whole product itself (same blocking as on one thread).
+            for (dst, &o) in out.chunks_mut(m * n).zip(&offs) {
+                one_gemm(dst, m, o, Parallelism::Rayon(0));
+            }
+            return out;
+        }
         for (dst, &(oa, ob)) in out.chunks_mut(m * n).zip(&offs) {
-            dst.par_chunks_mut(block * n).enumerate().for_each(|(i, rows)| {
-                let r0 = i * block;
-                one_gemm(rows, rows.len() / n, (oa + r0 * la.strides()[r - 2], ob), Parallelism::None)
+            let dst = SendPtr(dst.as_mut_ptr());
+            (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
+                let (start, size) = (i * block, block.min(len - i * block));
+                let dst = &dst;
+                // SAFETY: block i writes only rows (or columns) [start, start + size) of this
+                // product, disjoint from every other block; operand offsets stay inside them.
+                unsafe {
+                    if by_cols {
+                        block_gemm(dst.0.add(start), m, size, oa, ob + start * b_cs as usize)
+                    } else {
+                        block_gemm(dst.0.add(start * n), size, n, oa + start * a_rs as usize, ob)
+                    }
+                }
             });
         }
     } else {
@@ -99,6 +151,21 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
     }
     out
 }
+
+/// Whether gemm sums over k in the same chunks for an m x n product and for its m_b x n_b
+/// blocks, so that splitting the product among threads cannot change a bit of it. gemm 0.18
+/// takes kc = min(k, 512) when both dims are <= 64, and a cache-derived kc (>= 512, or all of
+/// k) otherwise; for k <= 512 both are all of k.
+fn same_blocking(m: usize, n: usize, k: usize, m_b: usize, n_b: usize) -> bool {
+    let small = |m: usize, n: usize| m <= 64 && n <= 64;
+    k <= 512 || small(m, n) == small(m_b, n_b)
+}
+
+/// The result's base pointer, shared by the tasks that write its disjoint blocks.
+struct SendPtr<T>(*mut T);
+// SAFETY: each task writes only its own block (see the mid-size branch).
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 /// A row-major or strided matrix operand: `data[r * rs + c * cs]` is element (r, c).
 #[derive(Clone, Copy)]

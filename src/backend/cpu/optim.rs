@@ -56,11 +56,17 @@ fn go<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamStep) {
     if p.len() < super::par_threshold() {
         run(p, g, m, v);
     } else {
-        const CHUNK: usize = 16 * 1024;
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
+        // One contiguous part per worker, not many small chunks: with rayon's join the loop's
+        // thread takes the first part and the other worker the second, step after step, so
+        // each part of p, m and v stays in one core's cache (the GEMMs split weights the same
+        // way; see matmul.rs). Small chunks went to whichever worker was free, so their lines
+        // were often in the other core's cache: Adam measured 26 µs per call on two workers,
+        // 16 on one (MLP, BENCHMARKS.md session 6).
+        let chunk = p.len().div_ceil(super::threads()).next_multiple_of(16);
+        p.par_chunks_mut(chunk)
+            .zip(g.par_chunks(chunk))
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
             .for_each(|(((p, g), m), v)| run(p, g, m, v));
     }
 }
