@@ -8,9 +8,10 @@
 //! fork-join op waits for them, so an MLP step measured 1.5x slower on two workers than on one
 //! (BENCHMARKS.md, session 6). `train::ThreadTuner` times steps both ways and picks.
 //!
-//! The results are the same bits either way: work is split into pieces whose boundaries do
-//! not depend on the thread count, and the pieces are combined in a fixed order (tests in
-//! tests/training/threads.rs train both ways and compare every parameter bit for bit).
+//! The results are the same bits either way: every output element is computed by the same
+//! operations in the same order however the work is split (a GEMM's blocks keep gemm's
+//! blocking of k: `matmul::same_blocking`), and partial sums are combined in a fixed order
+//! (tests/training/threads.rs trains both ways and compares every parameter bit for bit).
 
 use std::cell::Cell;
 
