@@ -40,40 +40,12 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
     });
     let (a_rs, a_cs) = (la.strides()[r - 2] as isize, la.strides()[r - 1] as isize);
     let (b_rs, b_cs) = (lb.strides()[r - 2] as isize, lb.strides()[r - 1] as isize);
-    // dst (rows x n) = a[oa..] (rows x k) @ b[ob..] (k x n).
-    let one_gemm = |dst: &mut [T], rows: usize, (oa, ob): (usize, usize), par: Parallelism| {
-        // SAFETY: `dst` holds m*n elements written with row stride n, column stride 1;
-        // `a[oa..]` and `b[ob..]` are views the layouts describe, every element they address
-        // lies inside the storage (the tensor layer only builds in-bounds layouts).
-        // gemm reads lhs/rhs and writes dst only through these strides.
-        unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr().add(oa),
-                a_cs,
-                a_rs,
-                b.as_ptr().add(ob),
-                b_cs,
-                b_rs,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                par,
-            )
-        }
-    };
     // dst[.. rows x cols, row stride n] = a[oa..] (rows x k) @ b[ob..] (k x cols).
-    let block_gemm = |dst: *mut T, rows: usize, cols: usize, oa: usize, ob: usize| {
-        // SAFETY: callers pass a block of this product's result and operand offsets whose
-        // rows x k and k x cols views lie inside the storages; gemm writes only that block.
+    let block_gemm = |dst: *mut T, rows: usize, cols: usize, oa: usize, ob: usize, par: Parallelism| {
+        // SAFETY: callers pass `dst` pointing at a rows x cols block of this product's
+        // result (row stride n, column stride 1) and operand offsets whose rows x k and
+        // k x cols views the layouts describe, inside the storages (the tensor layer only
+        // builds in-bounds layouts). gemm reads lhs/rhs and writes dst only through these.
         unsafe {
             gemm::gemm(
                 rows,
@@ -94,9 +66,14 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
                 false,
                 false,
                 false,
-                Parallelism::None,
+                par,
             )
         }
+    };
+    // dst (rows x n, a whole band of rows) = a[oa..] (rows x k) @ b[ob..] (k x n).
+    let one_gemm = |dst: &mut [T], rows: usize, (oa, ob): (usize, usize), par: Parallelism| {
+        debug_assert!(dst.len() >= rows * n);
+        block_gemm(dst.as_mut_ptr(), rows, n, oa, ob, par)
     };
     let macs = m * n * k;
     let threads = super::threads();
@@ -136,9 +113,9 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
                 // product, disjoint from every other block; operand offsets stay inside them.
                 unsafe {
                     if by_cols {
-                        block_gemm(dst.0.add(start), m, size, oa, ob + start * b_cs as usize)
+                        block_gemm(dst.0.add(start), m, size, oa, ob + start * b_cs as usize, Parallelism::None)
                     } else {
-                        block_gemm(dst.0.add(start * n), size, n, oa + start * a_rs as usize, ob)
+                        block_gemm(dst.0.add(start * n), size, n, oa + start * a_rs as usize, ob, Parallelism::None)
                     }
                 }
             });
