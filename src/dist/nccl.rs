@@ -29,7 +29,12 @@ pub fn available() -> Result<()> {
     if p.nccl.found.is_none() {
         return Err(Error::DeviceUnavailable {
             device: Device::Cuda(0),
-            msg: format!("libnccl.so.2 not found (searched the system path and {} other places)", p.searched.len()),
+            msg: match &p.nccl.hint {
+                Some(h) => format!("NCCL cannot be loaded: {h}"),
+                None => {
+                    format!("libnccl.so not found (searched the system path and {} other places)", p.searched.len())
+                }
+            },
         });
     }
     Ok(())
@@ -91,6 +96,10 @@ impl NcclComm {
         for (d, s) in internal.iter_mut().zip(&rv.token) {
             *d = *s as std::ffi::c_char;
         }
+        // ncclCommInitRank works on the calling thread's current device, and cudarc's
+        // from_rank does not bind the context itself: bind it here (the rendezvous above may
+        // have taken long, but on this same thread; binding again costs nothing).
+        stream.context().bind_to_thread().map_err(|e| cuda_err(ordinal, e))?;
         let comm = Comm::from_rank(stream.clone(), env.rank, env.world_size, Id::uninit(internal))
             .map_err(|e| nccl_err(env.rank, "ncclCommInitRank", e))?;
         Ok(NcclComm { comm, stream, staging: None })

@@ -85,6 +85,29 @@ fn size_classes() {
     assert_eq!(size_class(usize::MAX), None);
 }
 
+/// KILN_NO_CACHING's mode: exact sizes (no slack for an overrun to hide in), every drop a
+/// raw free at once, nothing cached, statistics still exact.
+#[test]
+fn uncached_mode_allocates_exact_sizes_and_frees_at_once() {
+    let fake = Fake::new(1 << 40);
+    let a = CachingAllocator::uncached(Box::new(Shared(fake.clone())));
+    let b = a.alloc(1000, 0).unwrap();
+    assert_eq!(b.bytes(), 1000);
+    assert_eq!(fake.live_bytes(), 1000);
+    let z = a.alloc(0, 0).unwrap();
+    assert_eq!(z.bytes(), 1);
+    drop(b);
+    assert_eq!(fake.frees.load(Ordering::SeqCst), 1, "freed at the drop");
+    assert_eq!(fake.live_bytes(), 1);
+    let c = a.alloc(1000, 0).unwrap();
+    assert_eq!(fake.allocs.load(Ordering::SeqCst), 3, "no reuse: a raw allocation each time");
+    let s = a.stats();
+    assert_eq!((s.allocated, s.reserved, s.cache_hits, s.raw_frees), (1001, 1001, 0, 1));
+    drop((c, z));
+    assert_eq!(fake.live_bytes(), 0);
+    assert_eq!((a.stats().allocated, a.stats().reserved), (0, 0));
+}
+
 #[test]
 fn freed_blocks_are_reused_without_raw_calls() {
     let (fake, a) = setup(1 << 40);

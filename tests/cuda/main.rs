@@ -58,6 +58,28 @@ fn every_kernel_compiles_with_nvrtc_and_is_in_the_emulator() {
     assert_eq!(all, emu, "the emulator registers exactly the kernels NVRTC compiles");
 }
 
+/// The rescue path for a driver older than NVRTC (it refuses newer PTX): each file also
+/// compiles to the device's own machine code, an ELF image that names every kernel.
+#[test]
+fn every_kernel_compiles_to_a_cubin_for_sm_90() {
+    use kiln::backend::cuda::gpu::{compile_cubin, compile_ptx};
+    if !nvrtc::available() || nvrtc::include_dirs().is_empty() {
+        assert!(!nvrtc_required(), "KILN_REQUIRE_NVRTC=1 but NVRTC or its headers were not found");
+        return;
+    }
+    for (file, src) in kernels::SOURCES {
+        let cubin = compile_cubin(file, src, "sm_90").unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{file}: not an ELF image");
+        for name in entries(&compile_ptx(file, src, "compute_90").unwrap()) {
+            let found =
+                cubin.windows(name.len() + 1).any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+            assert!(found, "{file}: kernel {name} not in the CUBIN's symbols");
+        }
+    }
+    let e = compile_cubin("x.cu", kernels::SOURCES[0].1, "compute_90").unwrap_err();
+    assert!(e.to_string().contains("real architecture"), "{e}");
+}
+
 #[test]
 fn without_a_driver_cuda_is_an_error_and_the_cpu_is_best() {
     if probe::probe().driver.found.is_some() {

@@ -21,6 +21,11 @@
 //!   is returned to the raw memory and the allocation is tried once more; if that fails too
 //!   the error says so, with the allocator's statistics.
 //!
+//! - **Uncached mode** (`KILN_NO_CACHING=1`, [`CachingAllocator::uncached`]): every request
+//!   gets a raw allocation of exactly its size, returned at once when dropped. Slow; for
+//!   compute-sanitizer, which sees only raw allocations: a kernel overrunning its buffer into a
+//!   cached block's rounding slack is reported only when there is no slack.
+//!
 //! The bookkeeping is independent of the memory itself ([`RawMemory`]): [`GpuMemory`] for a
 //! real GPU, [`HostMemory`] (host pages with a guard page after each block) for the emulated
 //! device, and counting fakes in tests.
@@ -123,11 +128,30 @@ impl State {
 pub struct CachingAllocator {
     raw: Box<dyn RawMemory>,
     state: Mutex<State>,
+    /// false: uncached mode (exact sizes, freed at once).
+    caching: bool,
 }
 
 impl CachingAllocator {
     pub fn new(raw: Box<dyn RawMemory>) -> Arc<CachingAllocator> {
-        Arc::new(CachingAllocator { raw, state: Mutex::new(State::default()) })
+        Arc::new(CachingAllocator { raw, state: Mutex::new(State::default()), caching: true })
+    }
+
+    /// An allocator that caches nothing: each block is a raw allocation of exactly the bytes
+    /// asked for (one byte for 0), returned to the raw memory as soon as it is dropped.
+    pub fn uncached(raw: Box<dyn RawMemory>) -> Arc<CachingAllocator> {
+        Arc::new(CachingAllocator { raw, state: Mutex::new(State::default()), caching: false })
+    }
+
+    /// [`CachingAllocator::new`], or [`CachingAllocator::uncached`] when the environment has
+    /// KILN_NO_CACHING=1.
+    pub fn from_env(raw: Box<dyn RawMemory>) -> Arc<CachingAllocator> {
+        if std::env::var("KILN_NO_CACHING").is_ok_and(|v| v == "1") {
+            tracing::info!("{}: KILN_NO_CACHING=1, every allocation is exact and freed at once", raw.name());
+            Self::uncached(raw)
+        } else {
+            Self::new(raw)
+        }
     }
 
     /// The bookkeeping. A panic while it was held (none is expected: no user code runs under
@@ -138,7 +162,7 @@ impl CachingAllocator {
 
     /// A block of at least `bytes` (0 allowed: a valid, distinct, never-dereferenced block is fine) for use on `stream`.
     pub fn alloc(self: &Arc<Self>, bytes: usize, stream: u64) -> Result<DeviceBuf> {
-        let class = size_class(bytes)
+        let class = if self.caching { size_class(bytes) } else { Some(bytes.max(1)) }
             .ok_or_else(|| Error::invalid("cuda alloc", format!("{bytes} bytes is more than any device can hold")))?;
         // The raw allocation happens under the lock, as in PyTorch: it is slow and synchronising
         // anyway, and a concurrent request for the same class then finds the block in the cache
@@ -190,7 +214,13 @@ impl CachingAllocator {
     fn release(&self, ptr: u64, size: usize, stream: u64) {
         let mut st = self.lock();
         st.stats.allocated -= size;
-        st.free.entry(stream).or_default().insert((size, ptr));
+        if self.caching {
+            st.free.entry(stream).or_default().insert((size, ptr));
+        } else {
+            st.stats.reserved -= size;
+            st.stats.raw_frees += 1;
+            self.raw.free(ptr, size);
+        }
     }
 }
 

@@ -47,7 +47,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
         Device::CudaEmulated => {
             let dev = Arc::new(CudaDev {
                 device,
-                alloc: CachingAllocator::new(Box::new(HostMemory::new())),
+                alloc: CachingAllocator::from_env(Box::new(HostMemory::new())),
                 launcher: Box::new(EmuLauncher),
                 blas: Box::new(HostBlas),
                 ctx: None,
@@ -67,7 +67,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
             let stager = Stager::new(GpuEngine)?;
             let dev = Arc::new(CudaDev {
                 device,
-                alloc: CachingAllocator::new(Box::new(GpuMemory::new(n)?)),
+                alloc: CachingAllocator::from_env(Box::new(GpuMemory::new(n)?)),
                 launcher: Box::new(launcher),
                 // TF32 stays off: f32 matmuls give f32 results unless a user asks otherwise.
                 blas: Box::new(Cublas::new(n, false)?),

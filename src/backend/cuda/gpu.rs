@@ -31,9 +31,42 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
+/// The CUDA version of the driver, e.g. (13, 0): the newest PTX it can load is that
+/// release's. Err without a driver.
+pub fn driver_version() -> Result<(i32, i32)> {
+    if probe::probe().driver.found.is_none() {
+        return Err(Error::DeviceUnavailable { device: Device::Cuda(0), msg: "no CUDA driver found".into() });
+    }
+    let mut v = 0;
+    // SAFETY: the probe loaded the driver, so the symbol resolves; the call writes one int
+    // and needs no cuInit.
+    unsafe { sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(|e| Error::DeviceUnavailable { device: Device::Cuda(0), msg: format!("cuDriverGetVersion: {e}") })?;
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
 /// PTX of `source` (named `name` in messages) for `arch` (e.g. "compute_90"). A compile
 /// failure is [`Error::Kernel`] carrying NVRTC's log, line breaks intact.
 pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
+    nvrtc_compile(name, source, arch, false).map(|(ptx, _)| ptx)
+}
+
+/// The device's own machine code (a CUBIN, an ELF image) of `source` for the real
+/// architecture `arch` (e.g. "sm_90"). Loading it needs no PTX JIT, so it also loads where the
+/// driver is older than NVRTC: a driver rejects PTX of a newer CUDA release
+/// (CUDA_ERROR_UNSUPPORTED_PTX_VERSION) but runs a CUBIN of the same major release.
+pub fn compile_cubin(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    if !arch.starts_with("sm_") {
+        return Err(Error::Kernel {
+            kernel: name.to_string(),
+            msg: format!("a CUBIN needs a real architecture (sm_XY), not {arch}"),
+        });
+    }
+    nvrtc_compile(name, source, arch, true).map(|(_, cubin)| cubin.unwrap_or_default())
+}
+
+fn nvrtc_compile(name: &str, source: &str, arch: &str, want_cubin: bool) -> Result<(String, Option<Vec<u8>>)> {
     let fail = |msg: String| Error::Kernel { kernel: name.to_string(), msg };
     if !nvrtc::available() {
         return Err(fail("NVRTC (libnvrtc.so) was not found; see `kiln info`".into()));
@@ -54,11 +87,16 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     let cname = CString::new(name).map_err(|_| fail("name contains a NUL byte".into()))?;
     let prog = cudarc::nvrtc::result::create_program(&src, Some(&cname))
         .map_err(|e| fail(format!("nvrtcCreateProgram: {e}")))?;
-    // SAFETY (the four calls): `prog` was just created, `src` and `cname` outlive it, and it
+    // SAFETY (the calls on `prog`): it was just created, `src` and `cname` outlive it, and it
     // is destroyed exactly once, after its last use.
     let compiled = unsafe { cudarc::nvrtc::result::compile_program(prog, &opts) };
-    let ptx = match compiled {
-        Ok(()) => unsafe { cudarc::nvrtc::result::get_ptx(prog) }.map_err(|e| fail(format!("nvrtcGetPTX: {e}"))),
+    let out = match compiled {
+        Ok(()) => unsafe { cudarc::nvrtc::result::get_ptx(prog) }
+            .map_err(|e| fail(format!("nvrtcGetPTX: {e}")))
+            .and_then(|ptx| {
+                let cubin = if want_cubin { Some(unsafe { get_cubin(prog) }.map_err(fail)?) } else { None };
+                Ok((c_text(&ptx), cubin))
+            }),
         Err(e) => {
             let log = unsafe { cudarc::nvrtc::result::get_program_log(prog) }
                 .map(|l| c_text(&l))
@@ -67,7 +105,38 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
         }
     };
     let _ = unsafe { cudarc::nvrtc::result::destroy_program(prog) };
-    Ok(c_text(&ptx?))
+    out
+}
+
+/// The CUBIN of a program compiled for a real architecture.
+///
+/// # Safety
+/// `prog` must be a live, successfully compiled NVRTC program.
+unsafe fn get_cubin(prog: cudarc::nvrtc::sys::nvrtcProgram) -> std::result::Result<Vec<u8>, String> {
+    let mut size = 0usize;
+    unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBINSize: {e}"))?;
+    if size == 0 {
+        return Err("NVRTC made no CUBIN (was the architecture virtual, compute_XY?)".into());
+    }
+    let mut buf = vec![0u8; size];
+    unsafe { cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast::<c_char>()) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBIN: {e}"))?;
+    Ok(buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if t.len() % 2 != 0 {
+        return None;
+    }
+    t.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()).collect()
 }
 
 /// Text of a NUL-terminated C buffer (NVRTC's PTX and log end with a NUL).
@@ -280,6 +349,53 @@ impl Shared {
         })
     }
 
+    /// Loads one kernel file's PTX; where the driver cannot JIT it (PTX of a newer CUDA
+    /// release than the driver's, or no JIT), compiles the device's own CUBIN instead (also
+    /// cached) and loads that. The context must be current.
+    fn load_module(&self, file: &str, src: &str, ptx: &str) -> Result<sys::CUmodule> {
+        let image = CString::new(ptx)
+            .map_err(|_| Error::Kernel { kernel: file.to_string(), msg: "PTX contains a NUL byte".into() })?;
+        // SAFETY: `image` is NUL-terminated PTX text, as cuModuleLoadData takes it; the
+        // context is current (the caller bound it).
+        let ptx_err = match unsafe { cudarc::driver::result::module::load_data(image.as_ptr().cast::<c_void>()) } {
+            Ok(module) => return Ok(module),
+            Err(e) => e,
+        };
+        use sys::CUresult::*;
+        let jit_refused = matches!(
+            ptx_err.0,
+            CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+                | CUDA_ERROR_INVALID_PTX
+                | CUDA_ERROR_JIT_COMPILER_NOT_FOUND
+                | CUDA_ERROR_NO_BINARY_FOR_GPU
+        );
+        let versions = format!("NVRTC {:?}, driver CUDA {:?}", self.nvrtc_version, driver_version().ok());
+        if !jit_refused {
+            return Err(Error::Kernel {
+                kernel: file.to_string(),
+                msg: format!("cuModuleLoadData: {ptx_err} ({versions})"),
+            });
+        }
+        let sm = self.arch.replace("compute_", "sm_");
+        tracing::warn!("the driver refused {file}'s PTX ({ptx_err}; {versions}): loading a CUBIN for {sm} instead");
+        // The cache holds text: the CUBIN goes in as hex under its own arch ("sm_XY").
+        let compile = || compile_cubin(file, src, &sm).map(|c| hex(&c));
+        let text = match &self.cache {
+            Some(cache) => cache.get_or_compile(file, src, &sm, self.nvrtc_version, compile)?,
+            None => compile()?,
+        };
+        let cubin = unhex(&text)
+            .ok_or_else(|| Error::Kernel { kernel: file.to_string(), msg: "cached CUBIN is not hex".into() })?;
+        // SAFETY: `cubin` is a whole ELF image from NVRTC, alive during the call (the driver
+        // copies it); the context is current.
+        unsafe { cudarc::driver::result::module::load_data(cubin.as_ptr().cast::<c_void>()) }.map_err(|e| {
+            Error::Kernel {
+                kernel: file.to_string(),
+                msg: format!("cuModuleLoadData: PTX refused ({ptx_err}), CUBIN for {sm} refused ({e}); {versions}"),
+            }
+        })
+    }
+
     fn load_all(&self) -> Result<Loaded> {
         self.ctx.bind_to_thread().map_err(|e| self.driver_err(e))?;
         let mut loaded = Loaded { ctx: Arc::clone(&self.ctx), modules: Vec::new(), functions: HashMap::new() };
@@ -289,12 +405,7 @@ impl Shared {
                 Some(cache) => cache.get_or_compile(file, src, &self.arch, self.nvrtc_version, compile)?,
                 None => compile()?,
             };
-            let image = CString::new(ptx.as_str())
-                .map_err(|_| Error::Kernel { kernel: file.to_string(), msg: "PTX contains a NUL byte".into() })?;
-            // SAFETY: `image` is NUL-terminated PTX text, as cuModuleLoadData takes it; the
-            // context is current (bound above).
-            let module = unsafe { cudarc::driver::result::module::load_data(image.as_ptr().cast::<c_void>()) }
-                .map_err(|e| Error::Kernel { kernel: file.to_string(), msg: format!("cuModuleLoadData: {e}") })?;
+            let module = self.load_module(file, src, &ptx)?;
             loaded.modules.push(module); // owned from here: unloaded by Drop even on a later error
             for (name, params) in ptx_entries(&ptx) {
                 let cname = CString::new(name.as_str()).expect("PTX identifiers have no NUL");

@@ -14,6 +14,18 @@ pub struct LibStatus {
     pub name: &'static str,
     /// None: not found. Some(where): "system search path" or the absolute path preloaded.
     pub found: Option<String>,
+    /// When not found although a file of it loads: why, and what to do.
+    pub hint: Option<String>,
+}
+
+impl LibStatus {
+    /// "not found", with the hint when there is one.
+    pub fn why_missing(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("not found: {h}"),
+            None => "not found".into(),
+        }
+    }
 }
 
 /// What the probe found, once per process.
@@ -55,8 +67,9 @@ fn run_probe() -> Probe {
 
 fn find(name: &'static str, files: &[&str], dirs: &[PathBuf], present: impl Fn() -> bool) -> LibStatus {
     if present() {
-        return LibStatus { name, found: Some("system library search path".into()) };
+        return LibStatus { name, found: Some("system library search path".into()), hint: None };
     }
+    let mut hint = None;
     for dir in dirs {
         for f in files {
             let path = dir.join(f);
@@ -70,12 +83,51 @@ fn find(name: &'static str, files: &[&str], dirs: &[PathBuf], present: impl Fn()
                     preload(&b);
                 }
             }
-            if preload(&path) && (present() || name == "cublasLt") {
-                return LibStatus { name, found: Some(path.display().to_string()) };
+            if !preload(&path) {
+                continue;
             }
+            if present() || name == "cublasLt" {
+                return LibStatus { name, found: Some(path.display().to_string()), hint: None };
+            }
+            hint.get_or_insert_with(|| unlisted_name_hint(name, &path));
         }
     }
-    LibStatus { name, found: None }
+    LibStatus { name, found: None, hint }
+}
+
+/// The library at `path` loads, but cudarc opens libraries only by its own list of names
+/// (for NCCL: libnccl.so and libnccl.so.<N> for a few N, not the wheel's libnccl.so.2), and
+/// glibc matches a loaded library only by its path or soname, so the preload does not help.
+/// What does: a link with a listed name in a folder on LD_LIBRARY_PATH (read at process
+/// start). Makes that link in Kiln's cache folder when it can, and says how to use it.
+fn unlisted_name_hint(name: &str, path: &Path) -> String {
+    let stem = name.split(' ').next().unwrap_or(name);
+    let link_name = format!("lib{stem}.so");
+    let made = super::gpu::cache_dir_from(
+        std::env::var_os("KILN_CACHE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+    .map(|d| d.join("lib"))
+    .filter(|dir| {
+        let link = dir.join(&link_name);
+        let _ = std::fs::remove_file(&link);
+        std::fs::create_dir_all(dir).is_ok() && std::os::unix::fs::symlink(path, &link).is_ok()
+    });
+    match made {
+        Some(dir) => format!(
+            "{} loads, but cudarc opens {stem} only as {link_name} or {link_name}.<N> (not this file's name); \
+             linked it as {}: start kiln with LD_LIBRARY_PATH={}:$LD_LIBRARY_PATH",
+            path.display(),
+            dir.join(&link_name).display(),
+            dir.display()
+        ),
+        None => format!(
+            "{} loads, but cudarc opens {stem} only as {link_name} or {link_name}.<N> (not this file's name): \
+             link it as {link_name} in a folder and put that folder on LD_LIBRARY_PATH",
+            path.display()
+        ),
+    }
 }
 
 /// dlopen by absolute path, RTLD_NOW | RTLD_GLOBAL, kept loaded for the process's life.

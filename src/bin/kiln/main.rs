@@ -288,9 +288,15 @@ fn main() -> Result<()> {
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
             let p = kiln::backend::cuda::probe::probe();
             for lib in [&p.driver, &p.nvrtc, &p.cublas, &p.nccl] {
-                println!("{:<14} {}", lib.name, lib.found.as_deref().unwrap_or("not found"));
+                println!("{:<14} {}", lib.name, lib.found.clone().unwrap_or_else(|| lib.why_missing()));
             }
             println!("searched: {}", p.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+            let v = |r: kiln::Result<(i32, i32)>| r.map_or_else(|e| e.to_string(), |(a, b)| format!("{a}.{b}"));
+            println!("driver CUDA: {}", v(kiln::backend::cuda::gpu::driver_version()));
+            println!(
+                "NVRTC: {} (PTX of a newer CUDA than the driver's is loaded as a CUBIN instead)",
+                v(kiln::backend::cuda::gpu::nvrtc_version())
+            );
             println!("gpus: {}", kiln::backend::cuda::device_count());
             match Device::cuda(0) {
                 Ok(d) => println!("cuda: {d}"),
