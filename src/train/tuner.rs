@@ -14,6 +14,9 @@
 //! compute the same bits, so the choice changes speed only.
 //!
 //! `KILN_CPU_INLINE=0` keeps the pool always, `=1` runs inline always, unset or `auto` tunes.
+//!
+//! On the pool, each step first keeps the other workers polling for work between its ops
+//! (`KILN_CPU_WARM=0` turns that off): MLP 1.89 -> 1.69 s median (BENCHMARKS.md, session 7).
 
 use std::time::Duration;
 
@@ -27,6 +30,12 @@ const RECENT_STEPS: usize = 5;
 const MIN_WINDOW: usize = 32;
 /// Longest stretch between measurements while the choice holds.
 pub const MAX_WINDOW: usize = 512;
+/// How long the pool's other workers keep polling for work after their last job of a
+/// pooled step ([`crate::backend::cpu::keep_workers_warm`]): longer than the serial stretches
+/// inside a step (the batch cut, ~30 µs), short enough that evaluation and logging between
+/// epochs find them asleep. OpenMP runtimes do the same (GNU's spins ~300k rounds, Intel's
+/// KMP_BLOCKTIME is 200 ms).
+const WARM_IDLE: Duration = Duration::from_micros(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuThreadsMode {
@@ -74,6 +83,8 @@ pub struct ThreadTuner {
     /// Measurements taken, and how many chose inline (for the log and tests).
     pub measurements: usize,
     pub chose_inline: usize,
+    /// Keep the other workers polling between the ops of a pooled step (`KILN_CPU_WARM`).
+    warm: bool,
 }
 
 impl ThreadTuner {
@@ -92,6 +103,7 @@ impl ThreadTuner {
             window: MIN_WINDOW,
             measurements: 0,
             chose_inline: 0,
+            warm: std::env::var("KILN_CPU_WARM").map_or(true, |v| v != "0"),
         }
     }
 
@@ -105,6 +117,9 @@ impl ThreadTuner {
         if self.inline {
             crate::backend::cpu::run_inline(f)
         } else {
+            if self.warm {
+                crate::backend::cpu::keep_workers_warm(WARM_IDLE);
+            }
             f()
         }
     }

@@ -53,7 +53,7 @@ fn go<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &AdamStep) {
             },
         )
     };
-    if p.len() < super::par_threshold() {
+    if p.len() < super::par_threshold_optim() {
         run(p, g, m, v);
     } else {
         // One contiguous part per worker, not many small chunks: with rayon's join the loop's
