@@ -3,7 +3,10 @@
 //! At first use every kernel file (kernels::SOURCES) is compiled with NVRTC for the device's
 //! own compute capability (`compute_XY`), loaded with cuModuleLoadData, and each kernel's
 //! CUfunction is kept by name. Compiling all files costs seconds, so the PTX is cached on
-//! disk ([`PtxCache`]), keyed by the source, the architecture and the NVRTC version.
+//! disk ([`PtxCache`]), keyed by the source, the architecture and the NVRTC version. Where the
+//! driver refuses the PTX (an NVRTC of a newer CUDA release than the driver's), the file is
+//! compiled for the real architecture (`sm_XY`) and its CUBIN loaded instead; the cache keeps
+//! that too, as hex text under the `sm_XY` key.
 //!
 //! The PTX cache and the compile step run without a GPU (NVRTC alone) and are tested on CPU
 //! machines; the driver part ([`GpuLauncher`]) is kept short.
@@ -128,7 +131,8 @@ unsafe fn get_cubin(prog: cudarc::nvrtc::sys::nvrtcProgram) -> std::result::Resu
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|&b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -523,5 +527,22 @@ impl Launcher for GpuLauncher {
             )
         }
         .map_err(|e| Error::Kernel { kernel: kernel.to_string(), msg: format!("cuLaunchKernel: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex, unhex};
+
+    #[test]
+    fn hex_round_trips_every_byte_and_rejects_what_is_not_hex() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let text = hex(&all);
+        assert_eq!(&text[..8], "00010203");
+        assert_eq!(&text[text.len() - 4..], "feff");
+        assert_eq!(unhex(&text), Some(all));
+        assert_eq!(unhex("abc"), None, "odd length");
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex(""), Some(vec![]));
     }
 }
