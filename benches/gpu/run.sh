@@ -22,7 +22,7 @@ start=$(date +%s)
 deadline=$((start + ${DEADLINE:-540}))
 export VIRTUAL_ENV=${VIRTUAL_ENV:-/opt/torch/.venv}   # NVRTC, cuBLAS, NCCL from PyTorch's wheels
 export KILN_CACHE_DIR=$w/cache RUST_BACKTRACE=1 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-py=$VIRTUAL_ENV/bin/python
+py=$VIRTUAL_ENV/bin/python3; [ -x "$py" ] || py=$(command -v python3)
 site=$(ls -d "$VIRTUAL_ENV"/lib/python3*/site-packages 2>/dev/null | head -1)
 
 # NCCL's wheel ships only libnccl.so.2, a name cudarc does not try (it loads libnccl.so or
