@@ -16,7 +16,8 @@
 //! `KILN_CPU_INLINE=0` keeps the pool always, `=1` runs inline always, unset or `auto` tunes.
 //!
 //! On the pool, each step first keeps the other workers polling for work between its ops
-//! (`KILN_CPU_WARM=0` turns that off): MLP 1.89 -> 1.69 s median (BENCHMARKS.md, session 7).
+//! (`KILN_CPU_WARM=0` turns that off): MLP on the workers 1.86 -> 1.72 s median, tuned 1.99 -> 1.80
+//! (BENCHMARKS.md, session 7).
 
 use std::time::Duration;
 
