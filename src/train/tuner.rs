@@ -37,6 +37,9 @@ pub const MAX_WINDOW: usize = 512;
 /// epochs find them asleep. OpenMP runtimes do the same (GNU's spins ~300k rounds, Intel's
 /// KMP_BLOCKTIME is 200 ms).
 const WARM_IDLE: Duration = Duration::from_micros(200);
+/// The longest a spinner lives before it needs re-arming by a later step: bounds how long it
+/// can hold up a join it was run on top of (see keep_workers_warm).
+const WARM_LIFE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuThreadsMode {
@@ -119,7 +122,7 @@ impl ThreadTuner {
             crate::backend::cpu::run_inline(f)
         } else {
             if self.warm {
-                crate::backend::cpu::keep_workers_warm(WARM_IDLE);
+                crate::backend::cpu::keep_workers_warm(WARM_IDLE, WARM_LIFE);
             }
             f()
         }

@@ -92,43 +92,71 @@ pub(crate) fn min_len() -> usize {
     }
 }
 
-/// Spinner jobs alive (spawned and not yet returned), in all pools together: the training
-/// loop warms one pool at a time.
+thread_local! {
+    /// This worker runs a spinner (perhaps suspended under a job the spinner picked up).
+    static SPINNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Workers spinning now, in all pools together: exact while one training loop warms one
+/// pool at a time, as Kiln's do.
 static WARM_LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Keeps the pool's other workers polling for work, instead of going to sleep, until none
-/// has come for `idle`. A training step calls it at its start: between its parallel ops the
-/// loop's thread runs serial code for tens of µs, long enough for rayon's idle workers to go
-/// to sleep, and waking one for the next op costs more than that op's split saves (a ReLU
-/// backward on 32k elements: 8 µs on one core, 24 split between a running and a sleeping one).
+/// has come for `idle` or `max_life` has passed. A training step calls it at its start:
+/// between its parallel ops the loop's thread runs serial code for tens of µs, long enough
+/// for rayon's idle workers to go to sleep, and waking one for the next op costs more than
+/// that op's split saves (a ReLU backward on 32k elements: 8 µs on one core, 24 split
+/// between a running and a sleeping one). OpenMP runtimes spin-wait the same way.
 ///
-/// Each spinner is an ordinary rayon job that calls `rayon::yield_now()` (run a pending job
-/// if there is one) in a loop. A worker waiting inside a join can pick up such a job and
-/// could not return to its join until the job ended, so the job returns at once on the
-/// calling thread (the one the step runs on, which waits in joins), and every spinner ends
-/// after `idle` without work: a stall it causes is bounded by `idle`.
-pub fn keep_workers_warm(idle: std::time::Duration) {
+/// Each worker gets one spinner job in its own broadcast queue (`rayon::spawn_broadcast`:
+/// no other worker can steal it, so spinners never stack up on one thread), and a copy that
+/// reaches a worker already spinning, or the loop's own thread, returns at once. A spinner
+/// calls `rayon::yield_now()` (run one pending job, if any) in a loop, with a short
+/// back-off while idle. It is an ordinary job, so a worker waiting in a join can run it on
+/// top of that join; `max_life` bounds how long the join then waits. With one loop per pool
+/// that does not happen (every copy is taken between the step's ops), but pools shared with
+/// other work (tests running side by side) can see it.
+pub fn keep_workers_warm(idle: std::time::Duration, max_life: std::time::Duration) {
     let others = rayon::current_num_threads().saturating_sub(1);
-    if is_inline() || others == 0 {
+    // Only from a worker (the loop's thread): outside the pool there is no loop to follow.
+    let Some(caller) = rayon::current_thread_index() else { return };
+    if is_inline() || others == 0 || WARM_LIVE.load(Ordering::Relaxed) >= others {
         return;
     }
-    let caller = rayon::current_thread_index();
-    while WARM_LIVE.load(Ordering::Relaxed) < others {
-        WARM_LIVE.fetch_add(1, Ordering::Relaxed);
-        rayon::spawn(move || {
-            if rayon::current_thread_index() != caller {
-                let mut last = std::time::Instant::now();
-                loop {
-                    match rayon::yield_now() {
-                        Some(rayon::Yield::Executed) => last = std::time::Instant::now(),
-                        Some(rayon::Yield::Idle) if last.elapsed() < idle => std::hint::spin_loop(),
-                        _ => break,
-                    }
-                }
+    rayon::spawn_broadcast(move |ctx| {
+        if ctx.index() == caller || SPINNING.with(|s| s.replace(true)) {
+            return; // the running spinner's yield_now counts this as work: it re-arms it
+        }
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                SPINNING.with(|s| s.set(false));
+                WARM_LIVE.fetch_sub(1, Ordering::Relaxed);
             }
-            WARM_LIVE.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
+        }
+        WARM_LIVE.fetch_add(1, Ordering::Relaxed);
+        let _done = Done;
+        #[cfg(test)]
+        tests::spun(ctx.index());
+        let start = std::time::Instant::now();
+        let (mut last, mut pause) = (start, 1u32);
+        while start.elapsed() < max_life {
+            match rayon::yield_now() {
+                Some(rayon::Yield::Executed) => (last, pause) = (std::time::Instant::now(), 1),
+                Some(rayon::Yield::Idle) if last.elapsed() < idle => {
+                    // Each poll sweeps every worker's deque: not back to back on big pools.
+                    for _ in 0..pause {
+                        std::hint::spin_loop();
+                    }
+                    pause = (pause * 2).min(64);
+                }
+                _ => break,
+            }
+        }
+    });
+    // The loop's own copy (a no-op) now, rather than whenever this thread next looks for
+    // work: otherwise copies could pile up in its queue in steps where nothing is stolen.
+    let _ = rayon::yield_local();
 }
 
 #[cfg(test)]
@@ -172,19 +200,63 @@ mod tests {
         });
     }
 
+    /// The warming tests share WARM_LIVE: one at a time.
+    static WARM_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Worker indices that started spinning (test builds record them).
+    static SPUN: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn spun(index: usize) {
+        SPUN.lock().unwrap_or_else(|p| p.into_inner()).push(index);
+    }
+
+    fn wait_until_no_spinner(within: std::time::Duration) {
+        let t0 = std::time::Instant::now();
+        while WARM_LIVE.load(Ordering::Relaxed) > 0 {
+            assert!(t0.elapsed() < within, "spinners still alive {within:?} after the work");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Every other worker of a big pool spins, each exactly once (none stacked on another's
+    /// thread, none on the caller's), and a second call while they spin adds none.
+    #[test]
+    fn one_spinner_per_other_worker_never_on_the_caller() {
+        let _serial = WARM_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        SPUN.lock().unwrap().clear();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(8).build().unwrap();
+        let (idle, life) = (std::time::Duration::from_millis(300), std::time::Duration::from_secs(2));
+        let caller = pool.install(|| {
+            keep_workers_warm(idle, life);
+            let t0 = std::time::Instant::now();
+            while WARM_LIVE.load(Ordering::Relaxed) < 7 {
+                assert!(t0.elapsed().as_secs() < 10, "only {} of 7 workers spin", WARM_LIVE.load(Ordering::Relaxed));
+                std::thread::yield_now();
+            }
+            keep_workers_warm(idle, life);
+            assert!(WARM_LIVE.load(Ordering::Relaxed) <= 7);
+            rayon::current_thread_index().unwrap()
+        });
+        wait_until_no_spinner(std::time::Duration::from_secs(10));
+        let mut spun = SPUN.lock().unwrap().clone();
+        spun.sort_unstable();
+        let want: Vec<usize> = (0..8).filter(|&i| i != caller).collect();
+        assert_eq!(spun, want, "each other worker spun once");
+    }
+
     /// Spinners must never hold up a join: nested parallel loops (a GEMM's blocks inside a
-    /// batch loop) run to the right sums with spinners spawned before every one of them, all
+    /// batch loop) run to the right sums with spinners armed before every one of them, all
     /// spinners end once idle, and none are spawned inline. A hang fails after 60 s.
     #[test]
     fn warm_workers_never_block_joins_and_stop_when_idle() {
+        let _serial = WARM_TEST.lock().unwrap_or_else(|p| p.into_inner());
         let (done, wait) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
-            let idle = std::time::Duration::from_millis(2);
+            let (idle, life) = (std::time::Duration::from_millis(2), std::time::Duration::from_millis(20));
             pool.install(|| {
                 let want: u64 = (0..64u64).map(|i| (0..100u64).map(|j| i * j + 1).sum::<u64>()).sum();
                 for _ in 0..300 {
-                    keep_workers_warm(idle);
+                    keep_workers_warm(idle, life);
                     assert!(WARM_LIVE.load(Ordering::Relaxed) <= 3, "at most one spinner per other worker");
                     let got: u64 = (0..64u64)
                         .into_par_iter()
@@ -192,17 +264,12 @@ mod tests {
                         .sum();
                     assert_eq!(got, want);
                 }
+                wait_until_no_spinner(std::time::Duration::from_secs(10));
                 run_inline(|| {
-                    let before = WARM_LIVE.load(Ordering::Relaxed);
-                    keep_workers_warm(idle);
-                    assert_eq!(WARM_LIVE.load(Ordering::Relaxed), before, "inline spawns nothing");
+                    keep_workers_warm(idle, life);
+                    assert_eq!(WARM_LIVE.load(Ordering::Relaxed), 0, "inline arms nothing");
                 });
             });
-            let t0 = std::time::Instant::now();
-            while WARM_LIVE.load(Ordering::Relaxed) > 0 {
-                assert!(t0.elapsed() < std::time::Duration::from_secs(10), "spinners still alive 10 s after the work");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
             done.send(()).unwrap();
         });
         wait.recv_timeout(std::time::Duration::from_secs(60)).expect("nested joins with warm workers hung or failed");
