@@ -104,6 +104,11 @@ t 60 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30
 t 30 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30 --tf32
 t 30 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30 tf32
 
+# 5b. Where the time goes: per-op tables with synchronous launches (an op's host time is
+#     then its device time; the totals count nested ops twice, e.g. conv2d and its matmul).
+CUDA_LAUNCH_BLOCKING=1 t 60 train.txt gpu-bin/kiln bench-resnet --device cuda:0 --steps 5 --profile
+CUDA_LAUNCH_BLOCKING=1 t 60 train.txt gpu-bin/kiln train --device cuda:0 --quiet --epochs 1 --profile --out "$w/mlp-prof"
+
 # 6. compute-sanitizer over the ops tests with every allocation exact-sized and freed at
 #    once (KILN_NO_CACHING=1: an overrun into a cached block's slack would go unseen), in
 #    whatever time is left.

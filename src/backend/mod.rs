@@ -187,9 +187,7 @@ impl Storage {
         let _p = crate::profile::scope("matmul");
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => cpu::matmul(a, l, b, rl).map(Storage::Cpu),
-            (Storage::Cuda(a), Storage::Cuda(b)) => {
-                cu::host("host:matmul", || upload(a, cpu::matmul(&on_cpu(a)?, l, &on_cpu(b)?, rl)?).map(Storage::Cuda))
-            }
+            (Storage::Cuda(a), Storage::Cuda(b)) => cu::matmul(a, l, b, rl).map(Storage::Cuda),
             (a, b) => Err(mixed("matmul", a.device(), b.device())),
         }
     }
@@ -212,9 +210,7 @@ impl Storage {
         let _p = crate::profile::scope("gather");
         match self {
             Storage::Cpu(s) => cpu::gather(s, l, dim, index, n).map(Storage::Cpu),
-            Storage::Cuda(s) => {
-                cu::host("host:gather", || upload(s, cpu::gather(&on_cpu(s)?, l, dim, index, n)?).map(Storage::Cuda))
-            }
+            Storage::Cuda(s) => cu::gather(s, l, dim, index, n).map(Storage::Cuda),
         }
     }
     #[allow(clippy::too_many_arguments)]

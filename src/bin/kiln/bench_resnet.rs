@@ -10,7 +10,7 @@ use kiln::optim::{Adam, Optimizer};
 use kiln::{DType, Device, Tensor};
 use std::time::Instant;
 
-pub fn run(device: Device, batch: usize, steps: usize, tf32: bool) -> Result<()> {
+pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool) -> Result<()> {
     anyhow::ensure!(batch > 0 && steps > 0, "--batch and --steps must be positive");
     kiln::allow_tf32(tf32);
     let model = kiln::rng::scoped(0, || ResNet::resnet18(3, 10, device))?;
@@ -33,6 +33,9 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool) -> Result<()>
     let first_loss = step()?;
     step()?;
     device.synchronize()?;
+    if profile {
+        kiln::profile::start();
+    }
     let start = Instant::now();
     let mut last_loss = first_loss;
     for _ in 0..steps {
@@ -40,6 +43,9 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool) -> Result<()>
     }
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
+    if profile {
+        eprintln!("{}", kiln::profile::stop().table(30));
+    }
     let peak = match device {
         Device::Cpu => kiln::backend::cpu::peak_bytes(),
         d => kiln::backend::cuda::device::get(d)?.allocator().stats().peak_allocated,
@@ -52,6 +58,7 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool) -> Result<()>
             "parameters": n_params, "step_ms": secs / steps as f64 * 1e3,
             "samples_per_second": (batch * steps) as f64 / secs,
             "first_loss": first_loss, "last_loss": last_loss, "peak_tensor_bytes": peak,
+            "profiled": profile,
         })
     );
     Ok(())

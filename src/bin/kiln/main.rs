@@ -85,6 +85,10 @@ enum Command {
         /// TF32 tensor cores for f32 matmuls and convolutions' GEMMs.
         #[arg(long)]
         tf32: bool,
+        /// Time every op of the timed steps and print the table to stderr (on a GPU, with
+        /// CUDA_LAUNCH_BLOCKING=1 so that an op's host time is its device time).
+        #[arg(long)]
+        profile: bool,
     },
     /// Devices and libraries Kiln can use.
     Info,
@@ -280,8 +284,8 @@ fn main() -> Result<()> {
         }
         Some(Command::Bench { model, epochs, rounds, device, tf32 }) => bench(&model, epochs, rounds, &device, tf32),
         Some(Command::BenchOps { device, mb, gemm }) => bench_ops::run(parse_device(&device)?, mb, &gemm),
-        Some(Command::BenchResnet { device, batch, steps, tf32 }) => {
-            bench_resnet::run(parse_device(&device)?, batch, steps, tf32)
+        Some(Command::BenchResnet { device, batch, steps, tf32, profile }) => {
+            bench_resnet::run(parse_device(&device)?, batch, steps, tf32, profile)
         }
         Some(Command::Info) => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
