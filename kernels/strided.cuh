@@ -9,7 +9,7 @@
 
 struct KilnStrided1 {
     int32_t rank;
-    int32_t pad_;
+    int32_t narrow;  // 1: every linear index fits 32 bits
     int64_t dims[KILN_MAX_RANK];
     int64_t s0[KILN_MAX_RANK];
     int64_t off0;
@@ -17,7 +17,7 @@ struct KilnStrided1 {
 
 struct KilnStrided2 {
     int32_t rank;
-    int32_t pad_;
+    int32_t narrow;  // 1: every linear index fits 32 bits
     int64_t dims[KILN_MAX_RANK];
     int64_t s0[KILN_MAX_RANK];
     int64_t s1[KILN_MAX_RANK];
@@ -27,7 +27,7 @@ struct KilnStrided2 {
 
 struct KilnStrided3 {
     int32_t rank;
-    int32_t pad_;
+    int32_t narrow;  // 1: every linear index fits 32 bits
     int64_t dims[KILN_MAX_RANK];
     int64_t s0[KILN_MAX_RANK];
     int64_t s1[KILN_MAX_RANK];
@@ -37,40 +37,58 @@ struct KilnStrided3 {
     int64_t off2;
 };
 
-// Element offsets of linear output index i in one or two operands: peel the row-major
-// multi-index from the last dim. Divisions cost, but these kernels are memory-bound.
-__device__ __forceinline__ int64_t kiln_offset1(const KilnStrided1& l, int64_t i) {
-    int64_t o = l.off0;
-    for (int d = l.rank - 1; d >= 0; --d) {
-        const int64_t c = i % l.dims[d];
-        i /= l.dims[d];
-        o += c * l.s0[d];
+// Element offsets of linear output index i in one, two or three operands: peel the
+// row-major multi-index from the last dim. The host merges dims first (merge_dims in
+// kernels.rs), so a contiguous view arrives as rank 1: a multiply, no division. Otherwise
+// the divisions are 32-bit where every index fits (`narrow`): a 64-bit division is a long
+// software sequence on the GPU, and it made these memory-bound kernels compute-bound.
+#define KILN_PEEL(I, BODY)                                                  \
+    if (l.narrow) {                                                         \
+        uint32_t j = (uint32_t)(I);                                         \
+        for (int d = l.rank - 1; d >= 0; --d) {                             \
+            const uint32_t size = (uint32_t)l.dims[d];                      \
+            const int64_t c = (int64_t)(j % size);                          \
+            j /= size;                                                      \
+            BODY;                                                           \
+        }                                                                   \
+    } else {                                                                \
+        int64_t j = (I);                                                    \
+        for (int d = l.rank - 1; d >= 0; --d) {                             \
+            const int64_t c = j % l.dims[d];                                \
+            j /= l.dims[d];                                                 \
+            BODY;                                                           \
+        }                                                                   \
     }
+
+__device__ __forceinline__ int64_t kiln_offset1(const KilnStrided1& l, int64_t i) {
+    if (l.rank == 1) return l.off0 + i * l.s0[0];
+    int64_t o = l.off0;
+    KILN_PEEL(i, o += c * l.s0[d])
     return o;
 }
 
 __device__ __forceinline__ void kiln_offset2(const KilnStrided2& l, int64_t i, int64_t& o0, int64_t& o1) {
+    if (l.rank == 1) {
+        o0 = l.off0 + i * l.s0[0];
+        o1 = l.off1 + i * l.s1[0];
+        return;
+    }
     o0 = l.off0;
     o1 = l.off1;
-    for (int d = l.rank - 1; d >= 0; --d) {
-        const int64_t c = i % l.dims[d];
-        i /= l.dims[d];
-        o0 += c * l.s0[d];
-        o1 += c * l.s1[d];
-    }
+    KILN_PEEL(i, (o0 += c * l.s0[d], o1 += c * l.s1[d]))
 }
 
 __device__ __forceinline__ void kiln_offset3(const KilnStrided3& l, int64_t i, int64_t& o0, int64_t& o1, int64_t& o2) {
+    if (l.rank == 1) {
+        o0 = l.off0 + i * l.s0[0];
+        o1 = l.off1 + i * l.s1[0];
+        o2 = l.off2 + i * l.s2[0];
+        return;
+    }
     o0 = l.off0;
     o1 = l.off1;
     o2 = l.off2;
-    for (int d = l.rank - 1; d >= 0; --d) {
-        const int64_t c = i % l.dims[d];
-        i /= l.dims[d];
-        o0 += c * l.s0[d];
-        o1 += c * l.s1[d];
-        o2 += c * l.s2[d];
-    }
+    KILN_PEEL(i, (o0 += c * l.s0[d], o1 += c * l.s1[d], o2 += c * l.s2[d]))
 }
 
 // Loads and stores in float for every element type: f16/bf16 compute in f32.

@@ -206,6 +206,21 @@ fn reductions_over_any_dims() {
             v[0].permute(&[2, 0, 1])?.sum(&[2], false)
         });
     }
+    // Batch-norm statistics: few rows of 16384, which f32 folds in pieces (a row split) and
+    // the half types in one pass; a NaN in one piece still wins the max.
+    for dtype in [DType::F32, DType::BF16] {
+        let mut v = randn(&[4, 3, 64, 64], DType::F32, 8).to_vec::<f32>().unwrap();
+        v[100] = f32::NAN; // channel 0: in the max, not in the narrowed sum
+        let x = Tensor::from_vec(v, [4, 3, 64, 64], Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        for keep in [false, true] {
+            check(&format!("long-row sum {dtype:?} {keep}"), std::slice::from_ref(&x), |v| {
+                v[0].narrow(1, 1, 2)?.sum(&[0, 2, 3], keep)
+            });
+            check(&format!("long-row max with a NaN {dtype:?}"), std::slice::from_ref(&x), |v| {
+                v[0].max(&[0, 2, 3], keep)
+            });
+        }
+    }
 }
 
 /// Arg-reductions by the CPU's rules, in rows longer than a block (300 > 256 threads, so the

@@ -16,7 +16,8 @@ pub const MAX_RANK: usize = 8;
 #[derive(Debug, Clone, Copy)]
 pub struct Strided1 {
     rank: i32,
-    pad: i32,
+    /// 1 when every linear index fits 32 bits (the device then divides in 32 bits).
+    narrow: i32,
     dims: [i64; MAX_RANK],
     s0: [i64; MAX_RANK],
     off0: i64,
@@ -27,7 +28,8 @@ pub struct Strided1 {
 #[derive(Debug, Clone, Copy)]
 pub struct Strided2 {
     rank: i32,
-    pad: i32,
+    /// 1 when every linear index fits 32 bits (the device then divides in 32 bits).
+    narrow: i32,
     dims: [i64; MAX_RANK],
     s0: [i64; MAX_RANK],
     s1: [i64; MAX_RANK],
@@ -40,7 +42,8 @@ pub struct Strided2 {
 #[derive(Debug, Clone, Copy)]
 pub struct Strided3 {
     rank: i32,
-    pad: i32,
+    /// 1 when every linear index fits 32 bits (the device then divides in 32 bits).
+    narrow: i32,
     dims: [i64; MAX_RANK],
     s0: [i64; MAX_RANK],
     s1: [i64; MAX_RANK],
@@ -67,49 +70,90 @@ fn check_rank(op: &'static str, l: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// The row-major walk over `dims` with the fewest dims that gives every operand the same
+/// element offsets: size-1 dims dropped, and a dim merged into the one before it wherever
+/// every operand steps over the pair as over one dim (outer stride = inner stride · inner
+/// size; broadcast stride-0 pairs included). A contiguous view becomes one dim, for which
+/// the device computes offsets without dividing. Returns (dims, each operand's strides).
+pub fn merge_dims<const K: usize>(dims: &[usize], strides: [&[usize]; K]) -> (Vec<usize>, [Vec<usize>; K]) {
+    let mut md: Vec<usize> = Vec::with_capacity(dims.len());
+    let mut ms: [Vec<usize>; K] = std::array::from_fn(|_| Vec::with_capacity(dims.len()));
+    for (d, &size) in dims.iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let joins = !md.is_empty() && (0..K).all(|k| ms[k].last().copied() == Some(strides[k][d].wrapping_mul(size)));
+        if joins {
+            *md.last_mut().expect("not empty") *= size;
+            for k in 0..K {
+                *ms[k].last_mut().expect("same length as md") = strides[k][d];
+            }
+        } else {
+            md.push(size);
+            for k in 0..K {
+                ms[k].push(strides[k][d]);
+            }
+        }
+    }
+    (md, ms)
+}
+
+/// Whether every linear index of `dims` fits 32 bits.
+fn narrow(dims: &[usize]) -> i32 {
+    (dims.iter().product::<usize>() <= u32::MAX as usize) as i32
+}
+
 impl Strided1 {
+    /// The view's own dims and strides, for kernels that read them (index.cu walks a given dim).
     pub fn new(l: &Layout) -> Result<Strided1> {
         check_rank("cuda", l)?;
-        let mut s = Strided1 {
-            rank: l.dims().len() as i32,
-            pad: 0,
-            dims: [1; MAX_RANK],
-            s0: [0; MAX_RANK],
-            off0: l.offset() as i64,
-        };
-        fill(&mut s.dims, l.dims());
-        fill(&mut s.s0, l.strides());
-        Ok(s)
+        Ok(Self::of(l.dims(), l.strides(), l.offset(), 0))
+    }
+    /// The view with its dims merged (see [`merge_dims`]): for kernels that only map linear
+    /// indices to offsets (elementwise, copies, dropout).
+    pub fn merged(l: &Layout) -> Result<Strided1> {
+        check_rank("cuda", l)?;
+        let (dims, [s0]) = merge_dims(l.dims(), [l.strides()]);
+        Ok(Self::of(&dims, &s0, l.offset(), narrow(&dims)))
+    }
+    fn of(dims: &[usize], s0: &[usize], off0: usize, narrow: i32) -> Strided1 {
+        let mut s =
+            Strided1 { rank: dims.len() as i32, narrow, dims: [1; MAX_RANK], s0: [0; MAX_RANK], off0: off0 as i64 };
+        fill(&mut s.dims, dims);
+        fill(&mut s.s0, s0);
+        s
     }
 }
 
 impl Strided2 {
-    /// Two views already broadcast to the same shape.
+    /// Two views already broadcast to the same shape, dims merged (see [`merge_dims`]).
     pub fn new(a: &Layout, b: &Layout) -> Result<Strided2> {
         check_rank("cuda", a)?;
+        let (dims, [s0, s1]) = merge_dims(a.dims(), [a.strides(), b.strides()]);
         let mut s = Strided2 {
-            rank: a.dims().len() as i32,
-            pad: 0,
+            rank: dims.len() as i32,
+            narrow: narrow(&dims),
             dims: [1; MAX_RANK],
             s0: [0; MAX_RANK],
             s1: [0; MAX_RANK],
             off0: a.offset() as i64,
             off1: b.offset() as i64,
         };
-        fill(&mut s.dims, a.dims());
-        fill(&mut s.s0, a.strides());
-        fill(&mut s.s1, b.strides());
+        fill(&mut s.dims, &dims);
+        fill(&mut s.s0, &s0);
+        fill(&mut s.s1, &s1);
         Ok(s)
     }
 }
 
 impl Strided3 {
-    /// Three views already broadcast to the same shape.
+    /// Three views already broadcast to the same shape, dims merged (see [`merge_dims`]).
     pub fn new(a: &Layout, b: &Layout, c: &Layout) -> Result<Strided3> {
         check_rank("cuda", a)?;
+        let (dims, [s0, s1, s2]) = merge_dims(a.dims(), [a.strides(), b.strides(), c.strides()]);
         let mut s = Strided3 {
-            rank: a.dims().len() as i32,
-            pad: 0,
+            rank: dims.len() as i32,
+            narrow: narrow(&dims),
             dims: [1; MAX_RANK],
             s0: [0; MAX_RANK],
             s1: [0; MAX_RANK],
@@ -118,10 +162,10 @@ impl Strided3 {
             off1: b.offset() as i64,
             off2: c.offset() as i64,
         };
-        fill(&mut s.dims, a.dims());
-        fill(&mut s.s0, a.strides());
-        fill(&mut s.s1, b.strides());
-        fill(&mut s.s2, c.strides());
+        fill(&mut s.dims, &dims);
+        fill(&mut s.s0, &s0);
+        fill(&mut s.s1, &s1);
+        fill(&mut s.s2, &s2);
         Ok(s)
     }
 }
@@ -211,7 +255,7 @@ pub fn unary(k: &dyn Launcher, dtype: DType, op: UnaryOp, x: u64, xl: &Layout, y
     let name = format!("unary_{}", suffix("unary", dtype)?);
     let (mut code, mut p0, mut p1) = unary_code(op);
     let mut n = xl.elem_count() as i64;
-    let (mut l, mut x, mut y) = (Strided1::new(xl)?, x, y);
+    let (mut l, mut x, mut y) = (Strided1::merged(xl)?, x, y);
     let mut args = [arg(&mut n), arg(&mut code), arg(&mut p0), arg(&mut p1), arg(&mut l), arg(&mut x), arg(&mut y)];
     k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
@@ -240,7 +284,7 @@ pub fn binary(
 pub fn copy(k: &dyn Launcher, from: DType, to: DType, x: u64, xl: &Layout, y: u64) -> Result<()> {
     let name = format!("copy_{}_{}", suffix("copy", from)?, suffix("copy", to)?);
     let mut n = xl.elem_count() as i64;
-    let (mut l, mut x, mut y) = (Strided1::new(xl)?, x, y);
+    let (mut l, mut x, mut y) = (Strided1::merged(xl)?, x, y);
     let mut args = [arg(&mut n), arg(&mut l), arg(&mut x), arg(&mut y)];
     k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
@@ -288,4 +332,47 @@ fn check_grid(op: &'static str, rows: usize) -> Result<()> {
         return Err(Error::invalid(op, format!("{rows} rows: need 1..=2^31-1 (one block per row)")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_dims;
+
+    /// Element offsets of every linear index of a row-major walk over `dims` (the naive
+    /// unravel the device did before dims were merged).
+    fn offsets(dims: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
+        let n: usize = dims.iter().product();
+        (0..n)
+            .map(|mut i| {
+                let mut o = offset;
+                for d in (0..dims.len()).rev() {
+                    o += (i % dims[d]) * strides[d];
+                    i /= dims[d];
+                }
+                o
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_dims_give_every_operand_the_same_offsets() {
+        // (dims, strides of operand a, strides of operand b, dims expected after merging)
+        type Case = (Vec<usize>, Vec<usize>, Vec<usize>, usize);
+        let cases: Vec<Case> = vec![
+            (vec![2, 3, 4], vec![12, 4, 1], vec![12, 4, 1], 1), // both contiguous
+            (vec![2, 3, 4], vec![12, 4, 1], vec![0, 1, 0], 3),  // bias over the middle dim
+            (vec![4, 3, 5, 5], vec![75, 25, 5, 1], vec![0, 1, 0, 0], 3), // batch norm [1,C,1,1]
+            (vec![2, 1, 3], vec![3, 7, 1], vec![0, 0, 1], 2),   // size-1 dim with any stride
+            (vec![3, 4], vec![1, 3], vec![4, 1], 2),            // a transposed operand
+            (vec![2, 3, 4], vec![24, 4, 1], vec![12, 4, 1], 2), // a narrowed outer dim
+            (vec![5, 6], vec![0, 0], vec![6, 1], 1),            // full broadcast, both stride 0
+            (vec![1, 1], vec![5, 9], vec![1, 1], 0),            // a single element
+        ];
+        for (dims, sa, sb, want_rank) in cases {
+            let (md, [ma, mb]) = merge_dims(&dims, [&sa, &sb]);
+            assert_eq!(md.len(), want_rank, "{dims:?} {sa:?} {sb:?} merged to {md:?}");
+            assert_eq!(offsets(&md, &ma, 3), offsets(&dims, &sa, 3), "a: {dims:?} {sa:?}");
+            assert_eq!(offsets(&md, &mb, 0), offsets(&dims, &sb, 0), "b: {dims:?} {sb:?}");
+        }
+    }
 }

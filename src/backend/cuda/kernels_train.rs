@@ -105,7 +105,7 @@ pub fn dropout(
     let name = format!("dropout_{}", suffix("dropout", dtype)?);
     let (mut keep, mut scale) = dropout_params(p)?;
     let mut n = xl.elem_count() as i64;
-    let (mut seed, mut offset, mut l, mut x, mut y) = (seed, offset, Strided1::new(xl)?, x, y);
+    let (mut seed, mut offset, mut l, mut x, mut y) = (seed, offset, Strided1::merged(xl)?, x, y);
     let mut args = [
         arg(&mut n),
         arg(&mut keep),

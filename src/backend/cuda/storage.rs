@@ -390,8 +390,32 @@ pub fn reduce(s: &CudaStorage, l: &Layout, dims: &[usize], op: ReduceOp) -> Resu
     let rows = to_contiguous_as(s, &l.permute(&perm), s.dtype)?;
     let out_dtype = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { DType::I64 } else { s.dtype };
     let out = s.new_like(out_dtype, outer)?;
-    kernels::reduce_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
+    let split = row_split(s.dtype, op, outer, inner);
+    if split > 1 {
+        // Few long rows (a batch norm's per-channel sums: 64 rows of n·h·w) would leave most
+        // of the GPU idle at one block per row: fold each row in `split` equal pieces, then
+        // the pieces (f32 only, so the partial results lose nothing).
+        let part = s.new_like(DType::F32, outer * split)?;
+        kernels::reduce_rows(s.launcher(), DType::F32, op, outer * split, inner / split, rows.ptr(), part.ptr())?;
+        kernels::reduce_rows(s.launcher(), DType::F32, op, outer, split, part.ptr(), out.ptr())?;
+    } else {
+        kernels::reduce_rows(s.launcher(), s.dtype, op, outer, inner, rows.ptr(), out.ptr())?;
+    }
     Ok(out)
+}
+
+/// Pieces per row for [`reduce`]: a power of two dividing `inner`, as many as keep the
+/// grid under ~2048 blocks and each piece at least 4096 elements (16 per thread); 1 for
+/// arg-reductions (an index does not fold piecewise this way) and half types.
+fn row_split(dtype: DType, op: ReduceOp, outer: usize, inner: usize) -> usize {
+    if dtype != DType::F32 || matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) {
+        return 1;
+    }
+    let mut split = 1;
+    while inner % (split * 2) == 0 && inner / (split * 2) >= 4096 && outer * split * 2 <= 2048 {
+        split *= 2;
+    }
+    split
 }
 
 pub fn softmax_last_dim(s: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
