@@ -2,7 +2,8 @@
 // f16 and bf16 (math in f32). The op is a kernel argument: one generic kernel per dtype and
 // family, not one per op, so there is little code to get wrong on a GPU nobody has seen.
 // Op codes match UnaryOp / BinaryOp's order in src/backend/ops.rs (see kernels.rs).
-// Work split: a grid-stride loop, one element per thread per iteration, 256 threads per block.
+// Work split: a grid-stride loop, one element per thread per iteration, 256 threads per block
+// (the launcher's BLOCK; KILN_FULL_OCCUPANCY assumes it).
 #include "prelude.cuh"
 #include "strided.cuh"
 
@@ -58,7 +59,7 @@ __device__ __forceinline__ float kiln_binary(int32_t op, float a, float b) {
 
 // y (contiguous, n elements) = op(x viewed through l).
 #define KILN_UNARY(NAME, T)                                                                  \
-    KILN_KERNEL void NAME(int64_t n, int32_t op, float p0, float p1, KilnStrided1 l,       \
+    KILN_KERNEL void KILN_FULL_OCCUPANCY NAME(int64_t n, int32_t op, float p0, float p1, KilnStrided1 l, \
                           const T* __restrict__ x, T* __restrict__ y) {                     \
         KILN_FOR_EACH(i, n) { kiln_store(y, i, kiln_unary(op, kiln_load(x, kiln_offset1(l, i)), p0, p1)); } \
     }                                                                                        \
@@ -70,7 +71,7 @@ KILN_UNARY(unary_bf16, __nv_bfloat16);
 
 // out (contiguous, n elements) = op(a, b), both viewed through l (broadcast = stride 0).
 #define KILN_BINARY(NAME, T)                                                                 \
-    KILN_KERNEL void NAME(int64_t n, int32_t op, KilnStrided2 l, const T* __restrict__ a,  \
+    KILN_KERNEL void KILN_FULL_OCCUPANCY NAME(int64_t n, int32_t op, KilnStrided2 l, const T* __restrict__ a, \
                           const T* __restrict__ b, T* __restrict__ out) {                   \
         KILN_FOR_EACH(i, n) {                                                                \
             int64_t oa, ob;                                                                  \
@@ -119,7 +120,7 @@ KILN_WHERE_WIDTHS(i64, int64_t);
 
 // Strided copy (contiguous(), cast between float types): y[i] = x[l(i)].
 #define KILN_COPY(NAME, TI, TO)                                                              \
-    KILN_KERNEL void NAME(int64_t n, KilnStrided1 l, const TI* __restrict__ x, TO* __restrict__ y) { \
+    KILN_KERNEL void KILN_FULL_OCCUPANCY NAME(int64_t n, KilnStrided1 l, const TI* __restrict__ x, TO* __restrict__ y) { \
         KILN_FOR_EACH(i, n) { kiln_store(y, i, kiln_load(x, kiln_offset1(l, i))); }          \
     }                                                                                        \
     KILN_REGISTER(NAME)
