@@ -395,13 +395,19 @@ fn bench(model: &str, epochs: Option<usize>, rounds: usize, device: &str, tf32: 
         let s = run(&cfg, device);
         std::fs::remove_dir_all(&out).ok();
         let s = s?;
+        // On a GPU, the allocator's high-water mark of tensor memory so far in this process
+        // (torch_train.py prints torch.cuda.max_memory_allocated() beside it).
+        let peak_gpu = match device {
+            Device::Cpu => None,
+            d => Some(kiln::backend::cuda::device::get(d)?.allocator().stats().peak_allocated),
+        };
         println!(
             "{}",
             serde_json::json!({
                 "framework": format!("kiln {}", env!("CARGO_PKG_VERSION")), "workload": model, "epochs": epochs,
                 "device": s.device, "train_seconds": s.train_seconds, "seconds": s.seconds,
                 "samples_per_second": s.samples_per_second, "test_accuracy": s.test_accuracy,
-                "peak_rss_bytes": s.peak_rss_bytes, "tf32": tf32,
+                "peak_rss_bytes": s.peak_rss_bytes, "peak_gpu_bytes": peak_gpu, "tf32": tf32,
             })
         );
     }
