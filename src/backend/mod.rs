@@ -7,7 +7,7 @@ pub mod cuda;
 mod ops;
 
 pub use cpu::{ConvGeom, CpuStorage, Epilogue};
-pub use ops::{AdamStep, BinaryOp, ReduceOp, UnaryOp, Window2d};
+pub use ops::{AdamStep, BinaryOp, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Error, Layout, Result};
 use cuda::storage::{self as cu, on_cpu, upload, CudaStorage};
@@ -59,6 +59,34 @@ pub enum Storage {
 
 /// Operands on different devices reached a backend op (tensor ops check devices first, so
 /// this is a bug guard, reported rather than panicking).
+fn cpu_storage<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+        other => Err(mixed(op, Device::Cpu, other.device())),
+    }
+}
+
+fn cuda_storage_for<'a>(op: &'static str, dev: Device, s: &'a Storage) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) if c.device() == dev => Ok(c),
+        other => Err(mixed(op, dev, other.device())),
+    }
+}
+
+/// The fused batch-norm passes' operands: all F32, each holding at least the elements the
+/// pass reads (x: n·c·s; the per-channel vectors: c).
+fn check_ncs(op: &'static str, d: NcsDims, x: &Storage, operands: &[(&Storage, usize)]) -> Result<()> {
+    for (s, need) in std::iter::once((x, d.n * d.c * d.s)).chain(operands.iter().copied()) {
+        if s.dtype() != DType::F32 {
+            return Err(Error::UnsupportedDType { op, dtype: s.dtype(), msg: "the fused batch norm takes F32" });
+        }
+        if s.len() < need {
+            return Err(Error::invalid(op, format!("an operand of {} elements where {d:?} needs {need}", s.len())));
+        }
+    }
+    Ok(())
+}
+
 fn mixed(op: &'static str, a: Device, b: Device) -> Error {
     Error::DeviceMismatch { op, lhs: a, rhs: b }
 }
@@ -361,6 +389,50 @@ impl Storage {
                 cuda::conv::max_pool2d_backward_op(s, l, idx, x_dims, w).map(Storage::Cuda)
             }
             (s, i) => Err(mixed("max_pool2d_backward", s.device(), i.device())),
+        }
+    }
+    /// Per-channel sums over `self`, a contiguous F32 x [n, c, s] (see [`ChannelSums`]):
+    /// F32 [c], and for `Gradients` a second F32 [c] (Σdy·x̂ beside Σdy).
+    pub fn channel_sums(&self, d: NcsDims, what: ChannelSums<&Storage>) -> Result<(Storage, Option<Storage>)> {
+        let _p = crate::profile::scope("channel_sums");
+        check_ncs("channel_sums", d, self, &what.operands(d))?;
+        match self {
+            Storage::Cpu(x) => {
+                let what = what.try_map(|s| cpu_storage("channel_sums", s))?;
+                let (a, b) = cpu::channel_sums(x, d, what)?;
+                Ok((Storage::Cpu(a), b.map(Storage::Cpu)))
+            }
+            Storage::Cuda(x) => {
+                let dev = x.device();
+                let what = what.try_map(|s| cuda_storage_for("channel_sums", dev, s))?;
+                let (a, b) = cuda::norm::channel_sums(x, d, what)?;
+                Ok((Storage::Cuda(a), b.map(Storage::Cuda)))
+            }
+        }
+    }
+    /// a[ch]·self + b[ch]·v + d[ch] over contiguous F32 [n, c, s] (without v: a[ch]·self +
+    /// d[ch]); a, b, d are F32 [c].
+    pub fn channel_affine(
+        &self,
+        v: Option<&Storage>,
+        d: NcsDims,
+        (a, b, dd): (&Storage, &Storage, &Storage),
+    ) -> Result<Storage> {
+        let _p = crate::profile::scope("channel_affine");
+        let mut operands = vec![(a, d.c), (b, d.c), (dd, d.c)];
+        operands.extend(v.map(|v| (v, d.n * d.c * d.s)));
+        check_ncs("channel_affine", d, self, &operands)?;
+        match self {
+            Storage::Cpu(u) => {
+                let c = |s| cpu_storage("channel_affine", s);
+                let v = v.map(c).transpose()?;
+                cpu::channel_affine(u, v, d, (c(a)?, c(b)?, c(dd)?)).map(Storage::Cpu)
+            }
+            Storage::Cuda(u) => {
+                let c = |s| cuda_storage_for("channel_affine", u.device(), s);
+                let v = v.map(c).transpose()?;
+                cuda::norm::channel_affine(u, v, d, (c(a)?, c(b)?, c(dd)?)).map(Storage::Cuda)
+            }
         }
     }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {

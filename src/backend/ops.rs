@@ -180,3 +180,45 @@ pub struct AdamStep {
     pub decoupled: bool,
     pub step: f64,
 }
+
+/// The dims of a contiguous [n, c, s] tensor seen per channel (s: one image's pixels of one
+/// channel), as batch normalisation reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NcsDims {
+    pub n: usize,
+    pub c: usize,
+    pub s: usize,
+}
+
+/// What `channel_sums` adds up per channel of x; `S` is the operands' storage type (all
+/// contiguous F32: mean and rstd [c], dy like x).
+#[derive(Debug, Clone, Copy)]
+pub enum ChannelSums<S> {
+    /// Σ x.
+    Values,
+    /// Σ (x - mean)².
+    SquaredDeviations { mean: S },
+    /// Σ dy and Σ dy · (x - mean) · rstd: batch norm's bias and weight gradients.
+    Gradients { dy: S, mean: S, rstd: S },
+}
+
+impl<S: Copy> ChannelSums<S> {
+    /// The same request over other operands.
+    pub fn try_map<T>(self, mut f: impl FnMut(S) -> crate::Result<T>) -> crate::Result<ChannelSums<T>> {
+        Ok(match self {
+            ChannelSums::Values => ChannelSums::Values,
+            ChannelSums::SquaredDeviations { mean } => ChannelSums::SquaredDeviations { mean: f(mean)? },
+            ChannelSums::Gradients { dy, mean, rstd } => {
+                ChannelSums::Gradients { dy: f(dy)?, mean: f(mean)?, rstd: f(rstd)? }
+            }
+        })
+    }
+    /// The operands with the element count each must hold, for a length check.
+    pub fn operands(&self, d: NcsDims) -> Vec<(S, usize)> {
+        match *self {
+            ChannelSums::Values => vec![],
+            ChannelSums::SquaredDeviations { mean } => vec![(mean, d.c)],
+            ChannelSums::Gradients { dy, mean, rstd } => vec![(dy, d.n * d.c * d.s), (mean, d.c), (rstd, d.c)],
+        }
+    }
+}

@@ -66,8 +66,14 @@ impl Module for BatchNorm {
                     msg: "training needs more than one value per channel".into(),
                 });
             }
-            let mean = x.mean(&dims, true)?;
-            let var = x.var(&dims, false, true)?;
+            // F32: the fused op (two passes forward, two backward); other dtypes: tensor ops.
+            let fused = [x, &self.weight, &self.bias].iter().all(|t| t.dtype() == DType::F32);
+            let (y, mean, var) = if fused {
+                let (y, mean, var) = x.batch_norm_train(&self.weight, &self.bias, self.eps)?;
+                (Some(y), mean.reshape(bshape.clone())?, var.reshape(bshape.clone())?)
+            } else {
+                (None, x.mean(&dims, true)?, x.var(&dims, false, true)?)
+            };
             no_grad(|| -> Result<()> {
                 let m = self.momentum;
                 let bm = mean.reshape([c])?;
@@ -77,6 +83,9 @@ impl Module for BatchNorm {
                 let one = Tensor::ones([], DType::I64, self.num_batches_tracked.device())?;
                 self.num_batches_tracked.assign(&self.num_batches_tracked.add(&one)?)
             })?;
+            if let Some(y) = y {
+                return Ok(y);
+            }
             (mean, var)
         } else {
             (self.running_mean.reshape(bshape.clone())?, self.running_var.reshape(bshape.clone())?)

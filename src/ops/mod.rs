@@ -6,6 +6,7 @@ mod dropout;
 mod elementwise;
 mod index;
 mod matmul;
+mod norm;
 mod pool;
 mod reduce;
 mod softmax;

@@ -226,6 +226,31 @@ fn reductions_over_any_dims() {
 /// Arg-reductions by the CPU's rules, in rows longer than a block (300 > 256 threads, so the
 /// candidates meet across threads and warps): the first of equal values wins, a NaN beats
 /// every number and a later NaN an earlier one; -0.0 equals 0.0; -inf rows.
+/// The fused batch norm's passes on the device (per-channel sums in pieces, the channel
+/// affine map) against the CPU's, forward and every gradient: few channels of many values
+/// (several pieces per channel), and a small permuted input.
+#[test]
+fn batch_norm_on_the_device() {
+    for (shape, seed) in [(vec![8, 3, 40, 40], 30), (vec![5, 4, 3], 31)] {
+        let x = randn(&shape, DType::F32, seed).mul_scalar(1.5).unwrap().add_scalar(-0.25).unwrap();
+        let c = shape[1];
+        let (w, b) = (randn(&[c], DType::F32, 32).add_scalar(1.0).unwrap(), randn(&[c], DType::F32, 33));
+        let inputs = [x, w, b];
+        check(&format!("batch_norm {shape:?}"), &inputs, |v| v[0].batch_norm_train(&v[1], &v[2], 1e-5).map(|r| r.0));
+        check(&format!("batch_norm {shape:?} mean"), &inputs, |v| {
+            v[0].batch_norm_train(&v[1], &v[2], 1e-5).map(|r| r.1)
+        });
+        check(&format!("batch_norm {shape:?} var"), &inputs, |v| {
+            v[0].batch_norm_train(&v[1], &v[2], 1e-5).map(|r| r.2)
+        });
+    }
+    let x = randn(&[6, 2, 7], DType::F32, 34);
+    let (w, b) = (randn(&[2], DType::F32, 35), randn(&[2], DType::F32, 36));
+    check("batch_norm of a permuted view", &[x, w, b], |v| {
+        v[0].permute(&[2, 1, 0])?.batch_norm_train(&v[1], &v[2], 1e-5).map(|r| r.0)
+    });
+}
+
 #[test]
 fn arg_reductions_ties_and_nans() {
     let (nan, inf) = (f32::NAN, f32::INFINITY);

@@ -68,6 +68,72 @@ fn batchnorm_train_and_eval_follow_pytorch() {
     assert_eq!(bn.parameters().len(), 2, "buffers are not parameters");
 }
 
+/// The fused training-mode batch norm (F32, two passes each way) against the same formula
+/// composed from f64 tensor ops, whose gradients autograd derives op by op: outputs,
+/// statistics and the gradients of x, weight and bias, for [n, c] and [n, c, h, w], a
+/// permuted (non-contiguous) input, and an upstream gradient that is not all ones.
+#[test]
+fn fused_batch_norm_matches_the_composed_formula() {
+    use kiln::DType::F64;
+    for (shape, permuted) in [(vec![6, 3], false), (vec![4, 3, 5, 2], false), (vec![4, 3, 5, 2], true)] {
+        let mut x = randn(&shape, 20).mul_scalar(2.0).unwrap().add_scalar(0.5).unwrap();
+        if permuted {
+            // The same values seen through a transposed view of a [n, c, w, h] buffer.
+            let mut d = shape.clone();
+            d.swap(2, 3);
+            x = randn(&d, 20).transpose(2, 3).unwrap();
+        }
+        let c = shape[1];
+        let w = randn(&[c], 21).add_scalar(1.0).unwrap();
+        let b = randn(&[c], 22);
+        let up = randn(&shape, 23);
+        let eps = 1e-5;
+
+        let leaf = |t: &Tensor| t.detach().requires_grad_().unwrap();
+        let (xf, wf, bf) = (leaf(&x), leaf(&w), leaf(&b));
+        let (y, mean, var) = xf.batch_norm_train(&wf, &bf, eps).unwrap();
+        y.backward_with(&up).unwrap();
+
+        let to64 = |t: &Tensor| t.to_dtype(F64).unwrap().detach().requires_grad_().unwrap();
+        let (x64, w64, b64) = (to64(&x), to64(&w), to64(&b));
+        let dims: Vec<isize> = (0..shape.len() as isize).filter(|&d| d != 1).collect();
+        let mut bshape = vec![1; shape.len()];
+        bshape[1] = c;
+        let m64 = x64.mean(&dims, true).unwrap();
+        let v64 = x64.var(&dims, false, true).unwrap();
+        let y64 = x64
+            .sub(&m64)
+            .unwrap()
+            .div(&v64.add_scalar(eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .mul(&w64.reshape(bshape.clone()).unwrap())
+            .unwrap()
+            .add(&b64.reshape(bshape).unwrap())
+            .unwrap();
+        y64.backward_with(&up.to_dtype(F64).unwrap()).unwrap();
+
+        let v = |t: &Tensor| t.to_dtype(kiln::DType::F32).unwrap().to_vec::<f32>().unwrap();
+        let tag = format!("{shape:?} permuted {permuted}");
+        assert_close(&format!("y {tag}"), &vec32(&y), &v(&y64), 2e-5, 2e-5);
+        assert_close(&format!("mean {tag}"), &vec32(&mean), &v(&m64.reshape([c]).unwrap()), 1e-5, 1e-5);
+        assert_close(&format!("var {tag}"), &vec32(&var), &v(&v64.reshape([c]).unwrap()), 1e-5, 1e-5);
+        assert_close(&format!("dx {tag}"), &vec32(&xf.grad().unwrap()), &v(&x64.grad().unwrap()), 5e-5, 1e-4);
+        assert_close(&format!("dweight {tag}"), &vec32(&wf.grad().unwrap()), &v(&w64.grad().unwrap()), 5e-5, 1e-4);
+        assert_close(&format!("dbias {tag}"), &vec32(&bf.grad().unwrap()), &v(&b64.grad().unwrap()), 5e-5, 1e-4);
+    }
+    // Bad input is an error naming the op.
+    let x = randn(&[4, 3], 1);
+    assert!(matches!(
+        x.batch_norm_train(&randn(&[2], 2), &randn(&[3], 3), 1e-5),
+        Err(Error::InvalidShape { op: "batch_norm", .. })
+    ));
+    let x64 = x.to_dtype(kiln::DType::F64).unwrap();
+    assert!(matches!(
+        x64.batch_norm_train(&randn(&[3], 2), &randn(&[3], 3), 1e-5),
+        Err(Error::UnsupportedDType { op: "batch_norm", .. })
+    ));
+}
+
 #[test]
 fn layernorm_embedding_dropout() {
     let ln = LayerNorm::new(&[4], true, CPU).unwrap();

@@ -15,6 +15,7 @@ pub mod kernels_nn;
 pub mod kernels_train;
 pub mod launch;
 pub mod memory;
+pub mod norm;
 pub mod nvrtc;
 pub mod probe;
 pub mod staging;

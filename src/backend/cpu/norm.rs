@@ -1,0 +1,107 @@
+//! Batch normalisation's two passes over a contiguous f32 x [n, c, s] (s: one image's pixels
+//! of one channel): per-channel sums (statistics forward, gradient sums backward) and a
+//! per-channel affine map (the normalisation forward, the input gradient backward). The
+//! fused BatchNorm (src/ops/norm.rs) is built from these; kernels/norm.cu is the CUDA side.
+
+use super::{CpuData, CpuStorage};
+use crate::backend::{ChannelSums, NcsDims};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+fn f32s<'a>(op: &'static str, s: &'a CpuStorage) -> Result<&'a [f32]> {
+    match s.data() {
+        CpuData::F32(v) => Ok(v),
+        _ => Err(Error::UnsupportedDType { op, dtype: s.dtype(), msg: "the fused batch norm takes F32" }),
+    }
+}
+
+/// Element `(img, ch, px)` of [n, c, s] over every image and pixel of channel `ch`.
+fn channel(d: NcsDims, ch: usize) -> impl Iterator<Item = usize> {
+    (0..d.n).flat_map(move |img| {
+        let base = (img * d.c + ch) * d.s;
+        base..base + d.s
+    })
+}
+
+/// Per-channel sums (f64 accumulation), each output F32 [c]: Σx, Σ(x - mean)², or
+/// (Σdy, Σdy·(x - mean)·rstd).
+pub fn channel_sums(
+    x: &CpuStorage,
+    d: NcsDims,
+    what: ChannelSums<&CpuStorage>,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    enum Of<'a> {
+        Values,
+        SquaredDeviations(&'a [f32]),
+        Gradients(&'a [f32], &'a [f32], &'a [f32]),
+    }
+    let op = "channel_sums";
+    let x = f32s(op, x)?;
+    let of = match what {
+        ChannelSums::Values => Of::Values,
+        ChannelSums::SquaredDeviations { mean } => Of::SquaredDeviations(f32s(op, mean)?),
+        ChannelSums::Gradients { dy, mean, rstd } => Of::Gradients(f32s(op, dy)?, f32s(op, mean)?, f32s(op, rstd)?),
+    };
+    let one = |ch: usize| -> (f64, f64) {
+        match of {
+            Of::Values => (channel(d, ch).map(|i| x[i] as f64).sum(), 0.0),
+            Of::SquaredDeviations(m) => {
+                let m = m[ch] as f64;
+                (channel(d, ch).map(|i| (x[i] as f64 - m).powi(2)).sum(), 0.0)
+            }
+            Of::Gradients(dy, m, r) => {
+                let (m, r) = (m[ch] as f64, r[ch] as f64);
+                channel(d, ch)
+                    .fold((0.0, 0.0), |(a, b), i| (a + dy[i] as f64, b + dy[i] as f64 * (x[i] as f64 - m) * r))
+            }
+        }
+    };
+    let sums: Vec<(f64, f64)> = if d.n * d.c * d.s >= super::parallel::par_threshold() {
+        (0..d.c).into_par_iter().map(one).collect()
+    } else {
+        (0..d.c).map(one).collect()
+    };
+    let first = CpuStorage::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<f32>>());
+    let second = matches!(of, Of::Gradients(..))
+        .then(|| CpuStorage::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<f32>>()));
+    Ok((first, second))
+}
+
+/// out = a[ch]·u + b[ch]·v + d[ch] over [n, c, s] (without v: a[ch]·u + d[ch]).
+pub fn channel_affine(
+    u: &CpuStorage,
+    v: Option<&CpuStorage>,
+    d: NcsDims,
+    (a, b, dd): (&CpuStorage, &CpuStorage, &CpuStorage),
+) -> Result<CpuStorage> {
+    let u = f32s("channel_affine", u)?;
+    let v = v.map(|v| f32s("channel_affine", v)).transpose()?;
+    let (a, b, dd) = (f32s("channel_affine", a)?, f32s("channel_affine", b)?, f32s("channel_affine", dd)?);
+    let mut out = vec![0f32; d.n * d.c * d.s];
+    // One row per (image, channel): s contiguous elements sharing the coefficients.
+    let row = |(r, o): (usize, &mut [f32])| {
+        let ch = r % d.c;
+        let base = r * d.s;
+        match v {
+            Some(v) => {
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = a[ch] * u[base + k] + b[ch] * v[base + k] + dd[ch];
+                }
+            }
+            None => {
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = a[ch] * u[base + k] + dd[ch];
+                }
+            }
+        }
+    };
+    if d.s == 0 {
+        return Ok(CpuStorage::from_vec(out));
+    }
+    if out.len() >= super::parallel::par_threshold() {
+        out.par_chunks_mut(d.s).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(d.s).enumerate().for_each(row);
+    }
+    Ok(CpuStorage::from_vec(out))
+}
