@@ -23,10 +23,7 @@ fn cpu_operand<'a>((s, l): (&'a Storage, &'a Layout)) -> Result<(&'a CpuStorage,
 /// Another operand of a conv2d whose first operand is on the CUDA device `dev` (elsewhere:
 /// a mismatch error).
 fn cuda_storage(dev: Device, s: &Storage) -> Result<&CudaStorage> {
-    match s {
-        Storage::Cuda(c) if c.device() == dev => Ok(c),
-        other => Err(mixed("conv2d", dev, other.device())),
-    }
+    cuda_storage_for("conv2d", dev, s)
 }
 
 fn cuda_operand<'a>(dev: Device, (s, l): (&'a Storage, &'a Layout)) -> Result<(&'a CudaStorage, &'a Layout)> {
@@ -57,8 +54,7 @@ pub enum Storage {
     Cuda(CudaStorage),
 }
 
-/// Operands on different devices reached a backend op (tensor ops check devices first, so
-/// this is a bug guard, reported rather than panicking).
+/// Another operand of `op` whose first operand is on the CPU (elsewhere: a mismatch error).
 fn cpu_storage<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
     match s {
         Storage::Cpu(c) => Ok(c),
@@ -66,6 +62,7 @@ fn cpu_storage<'a>(op: &'static str, s: &'a Storage) -> Result<&'a CpuStorage> {
     }
 }
 
+/// Another operand of `op` whose first operand is on the CUDA device `dev`.
 fn cuda_storage_for<'a>(op: &'static str, dev: Device, s: &'a Storage) -> Result<&'a CudaStorage> {
     match s {
         Storage::Cuda(c) if c.device() == dev => Ok(c),
@@ -87,6 +84,8 @@ fn check_ncs(op: &'static str, d: NcsDims, x: &Storage, operands: &[(&Storage, u
     Ok(())
 }
 
+/// Operands on different devices reached a backend op (tensor ops check devices first, so
+/// this is a bug guard, reported rather than panicking).
 fn mixed(op: &'static str, a: Device, b: Device) -> Error {
     Error::DeviceMismatch { op, lhs: a, rhs: b }
 }
