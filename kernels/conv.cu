@@ -7,19 +7,39 @@
 //   two threads write one place, the result is deterministic, and the taps are summed in
 //   the CPU's order ((ki, kj) ascending, each tap reaching a pixel at most once), so f32
 //   results equal the CPU's bit for bit.
-// Work split: grid-stride loops, 256 threads per block.
+// Work split: grid-stride loops, 256 threads per block; index arithmetic in 32 bits where
+// every index fits.
 #include "prelude.cuh"
 #include "strided.cuh"
 #include "window.cuh"
 
+// The coordinates of cols index i = ((((b·c + ch)·kh + ki)·kw + kj)·oh + oy)·ow + ox, peeled
+// in U: unsigned 32-bit where every index fits (a 64-bit division is a long software
+// sequence on the GPU, and im2col does six per element), else 64-bit.
+template <typename U>
+__device__ __forceinline__ void kiln_im2col_coords(U j, const KilnWindow2d& g, int64_t& ox, int64_t& oy, int64_t& kj,
+                                                   int64_t& ki, int64_t& ch, int64_t& b) {
+    const U ow = (U)g.ow, oh = (U)g.oh, kw = (U)g.kw, kh = (U)g.kh, c = (U)g.c;
+    ox = (int64_t)(j % ow);
+    j /= ow;
+    oy = (int64_t)(j % oh);
+    j /= oh;
+    kj = (int64_t)(j % kw);
+    j /= kw;
+    ki = (int64_t)(j % kh);
+    j /= kh;
+    ch = (int64_t)(j % c);
+    b = (int64_t)(j / c);
+}
+
 #define KILN_IM2COL(NAME, T)                                                                    \
     KILN_KERNEL void NAME(KilnWindow2d g, const T* __restrict__ x, T* __restrict__ cols) {     \
-        const int64_t L = g.oh * g.ow, K = g.kh * g.kw;                                         \
-        KILN_FOR_EACH(i, g.n * g.c * K * L) {                                                   \
-            const int64_t ox = i % g.ow, oy = (i / g.ow) % g.oh;                                \
-            const int64_t row = i / L; /* (image * c + channel) * K + tap */                     \
-            const int64_t kj = row % g.kw, ki = (row / g.kw) % g.kh;                            \
-            const int64_t plane = row / K, ch = plane % g.c, b = plane / g.c;                   \
+        const int64_t total = g.n * g.c * g.kh * g.kw * g.oh * g.ow;                            \
+        const bool narrow = total <= 0xffffffffll;                                              \
+        KILN_FOR_EACH(i, total) {                                                               \
+            int64_t ox, oy, kj, ki, ch, b;                                                      \
+            if (narrow) kiln_im2col_coords<uint32_t>((uint32_t)i, g, ox, oy, kj, ki, ch, b);    \
+            else kiln_im2col_coords<uint64_t>((uint64_t)i, g, ox, oy, kj, ki, ch, b);           \
             const int64_t sy = oy * g.sh + ki * g.dh - g.ph, sx = ox * g.sw + kj * g.dw - g.pw; \
             float v = 0.0f;                                                                     \
             if (sy >= 0 && sy < g.h && sx >= 0 && sx < g.w)                                     \
@@ -36,8 +56,16 @@ KILN_IM2COL(im2col_bf16, __nv_bfloat16);
 #define KILN_COL2IM(NAME, T)                                                                    \
     KILN_KERNEL void NAME(KilnWindow2d g, const T* __restrict__ cols, T* __restrict__ x) {     \
         const int64_t L = g.oh * g.ow, K = g.kh * g.kw;                                         \
-        KILN_FOR_EACH(i, g.n * g.c * g.h * g.w) {                                               \
-            const int64_t px = i % g.w, py = (i / g.w) % g.h, plane = i / (g.h * g.w);          \
+        const int64_t total = g.n * g.c * g.h * g.w;                                            \
+        const bool narrow = total <= 0xffffffffll;                                              \
+        KILN_FOR_EACH(i, total) {                                                               \
+            int64_t px, py, plane;                                                              \
+            if (narrow) {                                                                       \
+                const uint32_t j = (uint32_t)i, w = (uint32_t)g.w, h = (uint32_t)g.h;           \
+                px = j % w, py = j / w % h, plane = j / w / h;                                  \
+            } else {                                                                            \
+                px = i % g.w, py = i / g.w % g.h, plane = i / g.w / g.h;                        \
+            }                                                                                   \
             const T* rows = cols + plane * K * L;                                               \
             float acc = 0.0f;                                                                   \
             for (int64_t ki = 0; ki < g.kh; ++ki) {                                             \
