@@ -1,7 +1,7 @@
 // im2col / col2im for conv2d (the CUDA side of src/backend/cpu/conv.rs), for f32, f16 and
 // bf16 (math in f32, as the CPU widens half types).
-// - im2col: x [n, c, h, w] (any strides) -> cols [n, c*kh*kw, oh*ow] contiguous, one thread
-//   per element of cols; taps in the padding read zero.
+// - im2col: x [n, c, h, w] (any strides) -> cols [n, c*kh*kw, oh*ow] contiguous (or, rows
+//   first, [c*kh*kw, n, oh*ow]), one thread per element of cols; taps in the padding read zero.
 // - col2im: cols -> x [n, c, h, w] contiguous, the adjoint (summing overlapping windows).
 //   One thread per element of x *gathers* its taps instead of scattering with atomics: no
 //   two threads write one place, the result is deterministic, and the taps are summed in
@@ -32,7 +32,10 @@ __device__ __forceinline__ void kiln_im2col_coords(U j, const KilnWindow2d& g, i
     b = (int64_t)(j / c);
 }
 
-#define KILN_IM2COL(NAME, T)                                                                    \
+// ROWS_FIRST 0: cols [n, c*kh*kw, oh*ow] (the forward's GEMM operand); 1: [c*kh*kw, n, oh*ow],
+// each row of every image side by side, which is the weight gradient's GEMM operand (K =
+// n*oh*ow) without a transposing copy of the whole column buffer.
+#define KILN_IM2COL(NAME, T, ROWS_FIRST)                                                        \
     KILN_KERNEL void NAME(KilnWindow2d g, const T* __restrict__ x, T* __restrict__ cols) {     \
         const int64_t total = g.n * g.c * g.kh * g.kw * g.oh * g.ow;                            \
         const bool narrow = total <= 0xffffffffll;                                              \
@@ -44,14 +47,22 @@ __device__ __forceinline__ void kiln_im2col_coords(U j, const KilnWindow2d& g, i
             float v = 0.0f;                                                                     \
             if (sy >= 0 && sy < g.h && sx >= 0 && sx < g.w)                                     \
                 v = kiln_load(x, g.xoff + b * g.xs[0] + ch * g.xs[1] + sy * g.xs[2] + sx * g.xs[3]); \
-            kiln_store(cols, i, v);                                                             \
+            int64_t o = i;                                                                      \
+            if (ROWS_FIRST) {                                                                   \
+                const int64_t L = g.oh * g.ow, row = (ch * g.kh + ki) * g.kw + kj;              \
+                o = (row * g.n + b) * L + oy * g.ow + ox;                                       \
+            }                                                                                   \
+            kiln_store(cols, o, v);                                                             \
         }                                                                                       \
     }                                                                                           \
     KILN_REGISTER(NAME)
 
-KILN_IM2COL(im2col_f32, float);
-KILN_IM2COL(im2col_f16, __half);
-KILN_IM2COL(im2col_bf16, __nv_bfloat16);
+KILN_IM2COL(im2col_f32, float, 0);
+KILN_IM2COL(im2col_f16, __half, 0);
+KILN_IM2COL(im2col_bf16, __nv_bfloat16, 0);
+KILN_IM2COL(im2col_rows_first_f32, float, 1);
+KILN_IM2COL(im2col_rows_first_f16, __half, 1);
+KILN_IM2COL(im2col_rows_first_bf16, __nv_bfloat16, 1);
 
 #define KILN_COL2IM(NAME, T)                                                                    \
     KILN_KERNEL void NAME(KilnWindow2d g, const T* __restrict__ cols, T* __restrict__ x) {     \

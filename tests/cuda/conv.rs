@@ -45,6 +45,11 @@ fn im2col_and_col2im_equal_the_cpu_bit_for_bit() {
         conv::im2col(&EmuLauncher, DType::F32, ptr(&x), t.layout(), &w, mptr(&mut cols)).unwrap();
         let want = t.unfold2d(w).unwrap().to_vec::<f32>().unwrap();
         assert_eq!(cols, want, "im2col {w:?}");
+        // Rows first: the same columns as [rows, n, oh·ow].
+        let mut rows_first = vec![f32::NAN; cols.len()];
+        conv::im2col_rows_first(&EmuLauncher, DType::F32, ptr(&x), t.layout(), &w, mptr(&mut rows_first)).unwrap();
+        let want = t.unfold2d(w).unwrap().permute(&[1, 0, 2]).unwrap().contiguous().unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(rows_first, want, "im2col rows first {w:?}");
 
         // col2im of random columns, against the CPU's col2im (the same summation order).
         let c = data(cols.len(), 61, -1.0, 1.0);

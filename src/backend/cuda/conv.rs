@@ -171,13 +171,12 @@ pub fn conv2d_backward(
     };
     let db = if need_db { Some(reduce(&gc, &contiguous(&[d.n, o, l]), &[0, 2], ReduceOp::Sum)?) } else { None };
     let dw = if need_dw {
-        // dW[g] (og x rows) = Σ_i gc[i, g] (og x l) @ cols[i, g]ᵀ: one GEMM with K = n·l after
-        // moving the image dim next to the pixels ([g, og, n, l] and [g, rows, n, l]).
-        let cols = im2col(x, xl, geom, &d)?;
-        let to_gnl =
-            |s: &CudaStorage, a: usize| to_contiguous_as(s, &d.per_group(a, l).permute(&[1, 2, 0, 3]), s.dtype());
-        let (gt, ct) = (to_gnl(&gc, d.og)?, to_gnl(&cols, d.rows)?);
-        drop(cols);
+        // dW[g] (og x rows) = Σ_i gc[i, g] (og x l) @ cols[i, g]ᵀ: one GEMM with K = n·l, the
+        // image dim next to the pixels: gc moved to [g, og, n, l] by a copy, the columns
+        // written as [c·kh·kw, n, l] = [g, rows, n, l] by im2col itself.
+        let gt = to_contiguous_as(&gc, &d.per_group(d.og, l).permute(&[1, 2, 0, 3]), gc.dtype())?;
+        let ct = CudaStorage::uninit(x.dev(), x.dtype(), d.n * d.groups * d.rows * l)?;
+        kernels_conv::im2col_rows_first(x.dev().launcher(), x.dtype(), x.ptr(), xl, &geom.win, ct.ptr())?;
         let k = d.n * l;
         let ctv = Layout::new(Shape::new(vec![d.groups, k, d.rows]), vec![d.rows * k, 1, k], 0);
         Some(matmul(&gt, &contiguous(&[d.groups, d.og, k]), &ct, &ctv)?)

@@ -111,6 +111,15 @@ pub fn im2col(k: &dyn Launcher, dtype: DType, x: u64, xl: &Layout, w: &Window2d,
     launch_window(k, &name, g, threads, &mut [x, cols])
 }
 
+/// cols [c·kh·kw, n, oh·ow] (contiguous): [`im2col`] with each row's images side by side,
+/// the weight gradient's GEMM operand (K = n·oh·ow) with no transposing copy.
+pub fn im2col_rows_first(k: &dyn Launcher, dtype: DType, x: u64, xl: &Layout, w: &Window2d, cols: u64) -> Result<()> {
+    let name = format!("im2col_rows_first_{}", suffix("im2col", dtype)?);
+    let g = Window2dArgs::viewed("im2col", xl, w)?;
+    let threads = g.out_count() * w.kernel.0 * w.kernel.1;
+    launch_window(k, &name, g, threads, &mut [x, cols])
+}
+
 /// x [n, c, h, w] = `x_dims` (contiguous) = col2im of the contiguous cols [n, c·kh·kw,
 /// oh·ow]: every column entry added back at the pixel it was read from.
 pub fn col2im(k: &dyn Launcher, dtype: DType, cols: u64, x_dims: &[usize], w: &Window2d, x: u64) -> Result<()> {
