@@ -7,6 +7,7 @@ pub mod cuda;
 mod ops;
 
 pub use cpu::{ConvGeom, CpuStorage, Epilogue};
+pub(crate) use ops::merge_dims;
 pub use ops::{AdamStep, BinaryOp, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Error, Layout, Result};

@@ -5,8 +5,7 @@ use super::documents;
 use super::json::{self, SIGNATURE};
 use super::registry::Servable;
 use super::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -27,7 +26,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        // The predict handler reads its body itself, limit included (see `read_body`).
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -148,12 +148,7 @@ fn resolve(st: &AppState, p: &ModelPath) -> Result<Arc<Servable>, ApiError> {
     })
 }
 
-async fn models(
-    State(st): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn models(State(st): State<Arc<AppState>>, method: Method, uri: Uri, body: Body) -> Result<Response, ApiError> {
     let rest = uri.path().strip_prefix("/v1/models/").unwrap_or("");
     let p = parse_path(rest)?;
     match (&p.kind, method) {
@@ -191,15 +186,37 @@ fn json_doc(doc: &impl serde::Serialize) -> Result<Response, ApiError> {
     serde_json::to_vec(doc).map(json_response).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-async fn predict(st: &AppState, p: &ModelPath, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let servable = resolve(st, p)?;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(r.status(), format!("the request body is larger than {} bytes", st.cfg.max_body_bytes))
-        } else {
-            ApiError::new(r.status(), format!("cannot read the request body: {}", r.body_text()))
+/// The request body, at most `limit` bytes; past it, 413 — but only after reading what the
+/// client sends (up to 4x the limit, at least 64 MiB), discarding it. Answering at once
+/// and closing with the body unread made the client's write fail (broken pipe, or a reset
+/// that drops the 413 before it is read) instead of showing it the 413.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let drain_max = limit.saturating_mul(4).max(64 << 20);
+    let (mut body, mut buf, mut seen) = (body, Vec::new(), 0usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > drain_max {
+            break;
         }
-    })?;
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn predict(st: &AppState, p: &ModelPath, body: Body) -> Result<Response, ApiError> {
+    // The body first, whatever the answer: see `read_body`.
+    let body = read_body(body, st.cfg.max_body_bytes).await?;
+    let servable = resolve(st, p)?;
     let shape = servable.input_shape.clone();
     let input = if body.len() <= PARSE_INLINE_MAX {
         json::parse_predict(&body, &shape)

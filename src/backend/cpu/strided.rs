@@ -19,27 +19,7 @@ pub(crate) struct Walk<const K: usize> {
 
 impl<const K: usize> Walk<K> {
     pub fn new(dims: &[usize], strides: [&[usize]; K], offsets: [usize; K]) -> Self {
-        // Drop size-1 dims, then merge dim i into i+1 when every operand has
-        // stride[i] == stride[i+1] * dims[i+1].
-        let mut d: Vec<usize> = Vec::with_capacity(dims.len());
-        let mut s: [Vec<usize>; K] = std::array::from_fn(|_| Vec::with_capacity(dims.len()));
-        for (i, &n) in dims.iter().enumerate() {
-            if n == 1 {
-                continue;
-            }
-            let mergeable = !d.is_empty() && (0..K).all(|k| *s[k].last().unwrap_or(&0) == strides[k][i] * n);
-            if mergeable {
-                *d.last_mut().expect("non-empty") *= n;
-                for k in 0..K {
-                    *s[k].last_mut().expect("non-empty") = strides[k][i];
-                }
-            } else {
-                d.push(n);
-                for k in 0..K {
-                    s[k].push(strides[k][i]);
-                }
-            }
-        }
+        let (mut d, mut s) = crate::backend::merge_dims(dims, strides);
         let inner_len = d.pop().unwrap_or(if dims.contains(&0) { 0 } else { 1 });
         let inner_strides = std::array::from_fn(|k| s[k].pop().unwrap_or(1));
         Walk { outer_dims: d, outer_strides: s, inner_len, inner_strides, offsets }

@@ -3,7 +3,7 @@
 //! emulator. Device buffers are passed as device addresses (`u64`).
 
 use super::launch::{arg, grid_for, Launcher, BLOCK};
-use crate::backend::{BinaryOp, ReduceOp, UnaryOp};
+use crate::backend::{merge_dims, BinaryOp, ReduceOp, UnaryOp};
 use crate::{DType, Error, Layout, Result};
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -70,34 +70,6 @@ fn check_rank(op: &'static str, l: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// The row-major walk over `dims` with the fewest dims that gives every operand the same
-/// element offsets: size-1 dims dropped, and a dim merged into the one before it wherever
-/// every operand steps over the pair as over one dim (outer stride = inner stride · inner
-/// size; broadcast stride-0 pairs included). A contiguous view becomes one dim, for which
-/// the device computes offsets without dividing. Returns (dims, each operand's strides).
-pub fn merge_dims<const K: usize>(dims: &[usize], strides: [&[usize]; K]) -> (Vec<usize>, [Vec<usize>; K]) {
-    let mut md: Vec<usize> = Vec::with_capacity(dims.len());
-    let mut ms: [Vec<usize>; K] = std::array::from_fn(|_| Vec::with_capacity(dims.len()));
-    for (d, &size) in dims.iter().enumerate() {
-        if size == 1 {
-            continue;
-        }
-        let joins = !md.is_empty() && (0..K).all(|k| ms[k].last().copied() == Some(strides[k][d].wrapping_mul(size)));
-        if joins {
-            *md.last_mut().expect("not empty") *= size;
-            for k in 0..K {
-                *ms[k].last_mut().expect("same length as md") = strides[k][d];
-            }
-        } else {
-            md.push(size);
-            for k in 0..K {
-                ms[k].push(strides[k][d]);
-            }
-        }
-    }
-    (md, ms)
-}
-
 /// Whether every linear index of `dims` fits 32 bits.
 fn narrow(dims: &[usize]) -> i32 {
     (dims.iter().product::<usize>() <= u32::MAX as usize) as i32
@@ -109,7 +81,7 @@ impl Strided1 {
         check_rank("cuda", l)?;
         Ok(Self::of(l.dims(), l.strides(), l.offset(), 0))
     }
-    /// The view with its dims merged (see [`merge_dims`]): for kernels that only map linear
+    /// The view with its dims merged (see [`merge_dims`](crate::backend::merge_dims)): for kernels that only map linear
     /// indices to offsets (elementwise, copies, dropout).
     pub fn merged(l: &Layout) -> Result<Strided1> {
         check_rank("cuda", l)?;
@@ -126,7 +98,7 @@ impl Strided1 {
 }
 
 impl Strided2 {
-    /// Two views already broadcast to the same shape, dims merged (see [`merge_dims`]).
+    /// Two views already broadcast to the same shape, dims merged (see [`merge_dims`](crate::backend::merge_dims)).
     pub fn new(a: &Layout, b: &Layout) -> Result<Strided2> {
         check_rank("cuda", a)?;
         let (dims, [s0, s1]) = merge_dims(a.dims(), [a.strides(), b.strides()]);
@@ -147,7 +119,7 @@ impl Strided2 {
 }
 
 impl Strided3 {
-    /// Three views already broadcast to the same shape, dims merged (see [`merge_dims`]).
+    /// Three views already broadcast to the same shape, dims merged (see [`merge_dims`](crate::backend::merge_dims)).
     pub fn new(a: &Layout, b: &Layout, c: &Layout) -> Result<Strided3> {
         check_rank("cuda", a)?;
         let (dims, [s0, s1, s2]) = merge_dims(a.dims(), [a.strides(), b.strides(), c.strides()]);
@@ -332,47 +304,4 @@ fn check_grid(op: &'static str, rows: usize) -> Result<()> {
         return Err(Error::invalid(op, format!("{rows} rows: need 1..=2^31-1 (one block per row)")));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge_dims;
-
-    /// Element offsets of every linear index of a row-major walk over `dims` (the naive
-    /// unravel the device did before dims were merged).
-    fn offsets(dims: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
-        let n: usize = dims.iter().product();
-        (0..n)
-            .map(|mut i| {
-                let mut o = offset;
-                for d in (0..dims.len()).rev() {
-                    o += (i % dims[d]) * strides[d];
-                    i /= dims[d];
-                }
-                o
-            })
-            .collect()
-    }
-
-    #[test]
-    fn merged_dims_give_every_operand_the_same_offsets() {
-        // (dims, strides of operand a, strides of operand b, dims expected after merging)
-        type Case = (Vec<usize>, Vec<usize>, Vec<usize>, usize);
-        let cases: Vec<Case> = vec![
-            (vec![2, 3, 4], vec![12, 4, 1], vec![12, 4, 1], 1), // both contiguous
-            (vec![2, 3, 4], vec![12, 4, 1], vec![0, 1, 0], 3),  // bias over the middle dim
-            (vec![4, 3, 5, 5], vec![75, 25, 5, 1], vec![0, 1, 0, 0], 3), // batch norm [1,C,1,1]
-            (vec![2, 1, 3], vec![3, 7, 1], vec![0, 0, 1], 2),   // size-1 dim with any stride
-            (vec![3, 4], vec![1, 3], vec![4, 1], 2),            // a transposed operand
-            (vec![2, 3, 4], vec![24, 4, 1], vec![12, 4, 1], 2), // a narrowed outer dim
-            (vec![5, 6], vec![0, 0], vec![6, 1], 1),            // full broadcast, both stride 0
-            (vec![1, 1], vec![5, 9], vec![1, 1], 0),            // a single element
-        ];
-        for (dims, sa, sb, want_rank) in cases {
-            let (md, [ma, mb]) = merge_dims(&dims, [&sa, &sb]);
-            assert_eq!(md.len(), want_rank, "{dims:?} {sa:?} {sb:?} merged to {md:?}");
-            assert_eq!(offsets(&md, &ma, 3), offsets(&dims, &sa, 3), "a: {dims:?} {sa:?}");
-            assert_eq!(offsets(&md, &mb, 0), offsets(&dims, &sb, 0), "b: {dims:?} {sb:?}");
-        }
-    }
 }
