@@ -39,7 +39,7 @@ struct KilnStrided3 {
 
 // Element offsets of linear output index i in one, two or three operands: peel the
 // row-major multi-index from the last dim. The host merges dims first (merge_dims in
-// kernels.rs), so a contiguous view arrives as rank 1: a multiply, no division. Otherwise
+// src/backend/ops.rs), so a contiguous view arrives as rank 1: a multiply, no division. Otherwise
 // the divisions are 32-bit where every index fits (`narrow`): a 64-bit division is a long
 // software sequence on the GPU, and it made these memory-bound kernels compute-bound.
 #define KILN_PEEL(I, BODY)                                                  \
