@@ -85,6 +85,37 @@ KILN_BINARY(binary_f32, float);
 KILN_BINARY(binary_f16, __half);
 KILN_BINARY(binary_bf16, __nv_bfloat16);
 
+// I64 (labels, indices, step counters such as BatchNorm's num_batches_tracked): the CPU
+// backend's integer ops, same codes. Wrapping arithmetic through uint64_t (signed overflow
+// is undefined in C++; Rust's wrapping_* is what the CPU does); comparisons give 1 / 0.
+// Div, pow and relu backward are refused before a launch (kernels.rs), as on the CPU.
+__device__ __forceinline__ int64_t kiln_binary_i64(int32_t op, int64_t a, int64_t b) {
+    switch (op) {
+        case 0: return (int64_t)((uint64_t)a + (uint64_t)b);
+        case 1: return (int64_t)((uint64_t)a - (uint64_t)b);
+        case 2: return (int64_t)((uint64_t)a * (uint64_t)b);
+        case 5: return a > b ? a : b;
+        case 6: return a < b ? a : b;
+        case 7: return a == b;
+        case 8: return a != b;
+        case 9: return a < b;
+        case 10: return a <= b;
+        case 11: return a > b;
+        case 12: return a >= b;
+        default: return 0;
+    }
+}
+
+KILN_KERNEL void binary_i64(int64_t n, int32_t op, KilnStrided2 l, const int64_t* __restrict__ a,
+                            const int64_t* __restrict__ b, int64_t* __restrict__ out) {
+    KILN_FOR_EACH(i, n) {
+        int64_t oa, ob;
+        kiln_offset2(l, i, oa, ob);
+        out[i] = kiln_binary_i64(op, a[oa], b[ob]);
+    }
+}
+KILN_REGISTER(binary_i64);
+
 // A condition's truth as the CPU backend tests it: != 0 in its own type (float ones compare
 // as floats: -0.0 is false, NaN is true; f16/bf16 widened to float first).
 __device__ __forceinline__ bool kiln_truth(float c) { return c != 0.0f; }

@@ -106,6 +106,13 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Only the events recorded on the calling thread: what this thread's work ran, when
+    /// other threads (other tests, a server) use the process's backends at the same time.
+    pub fn this_thread(&self) -> Profile {
+        let t = thread_id();
+        Profile { events: self.events.iter().filter(|e| e.thread == t).cloned().collect(), peak_bytes: self.peak_bytes }
+    }
+
     /// (label, calls, total ms) per op, largest total first. Labels: `matmul` in forward,
     /// `matmul ← linear.backward`-style `op [backward of NODE]` in backward.
     pub fn totals(&self) -> Vec<(String, usize, f64)> {

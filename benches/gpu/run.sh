@@ -4,6 +4,7 @@
 # 1-2 of them to start and goes back 30 s after a call, so there is no second call to count on.
 #
 #   bash gpu-bin/run.sh            # device tool: carry ["gpu-bin"], timeout_s 600
+#   QUICK=1 bash gpu-bin/run.sh    # the tests and the ResNet-18 figures only (~1 minute)
 #
 # Stages run most valuable first, each under `timeout`, against one deadline (DEADLINE
 # seconds after the start, default 540): a hang costs its stage, never the rest, and what
@@ -75,6 +76,21 @@ if [ "${last_rc:-0}" != 0 ]; then
     CUDA_LAUNCH_BLOCKING=1 t 90 cuda-tests.txt gpu-bin/cuda ops:: --test-threads 1
 fi
 t 60 cuda-tests.txt gpu-bin/cuda --ignored tf32
+# The convolutions again on the im2col + cuBLAS path (cuDNN, the default on a GPU, ran above).
+KILN_CUDNN=0 t 60 cuda-tests.txt gpu-bin/cuda ops::conv
+
+# QUICK=1: after the tests, only ResNet-18 (cuDNN and im2col convolutions vs PyTorch) and its
+# per-op profile: a short call to check a convolution change.
+if [ -n "${QUICK:-}" ]; then
+    t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
+    KILN_CUDNN_BENCHMARK=0 t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
+    KILN_CUDNN=0 t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
+    t 60 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30
+    t 60 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30 benchmark
+    CUDA_LAUNCH_BLOCKING=1 t 60 train.txt gpu-bin/kiln bench-resnet --device cuda:0 --steps 5 --profile
+    echo "done (QUICK) after $(($(date +%s) - start))s" | tee -a "$out/log.txt"
+    exit 0
+fi
 
 # 2. NCCL all-reduce over the GPUs of the process against the plain sum (the other dist
 #    tests start the kiln binary from the build folder here and are not for this machine).
@@ -99,10 +115,17 @@ for wl in mlp cnn; do
     t 60 gpu-bench.jsonl "$py" benches/peers/torch_train.py $wl $e 16 cuda
     t 30 gpu-bench.jsonl gpu-bin/kiln bench --model $wl --epochs $e --rounds 1 --device cuda:0 --tf32
 done
+# ResNet-18: Kiln's convolutions on cuDNN with measured algorithms (the default), with the
+# heuristics' picks, on im2col + cuBLAS; PyTorch by default (heuristics) and with
+# cudnn.benchmark (measured, as Kiln's default).
 t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
+KILN_CUDNN_BENCHMARK=0 t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
+KILN_CUDNN=0 t 60 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30
 t 60 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30
+t 60 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30 benchmark
 t 30 gpu-bench.jsonl gpu-bin/kiln bench-resnet --device cuda:0 --steps 30 --tf32
 t 30 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30 tf32
+t 30 gpu-bench.jsonl "$py" benches/gpu/torch_resnet.py cuda 128 30 tf32 benchmark
 
 # 5b. Where the time goes: per-op tables with synchronous launches (an op's host time is
 #     then its device time; the totals count nested ops twice, e.g. conv2d and its matmul).
@@ -114,7 +137,8 @@ CUDA_LAUNCH_BLOCKING=1 t 60 train.txt gpu-bin/kiln train --device cuda:0 --quiet
 #    whatever time is left.
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$sanitizer" ]; then
-    KILN_NO_CACHING=1 t 600 sanitizer.txt "$sanitizer" --tool memcheck --error-exitcode 9 gpu-bin/cuda ops:: --test-threads 1
+    # cuDNN by heuristics here: measuring every algorithm under memcheck would take the stage.
+    KILN_CUDNN_BENCHMARK=0 KILN_NO_CACHING=1 t 600 sanitizer.txt "$sanitizer" --tool memcheck --error-exitcode 9 gpu-bin/cuda ops:: --test-threads 1
 else
     echo "no compute-sanitizer found" >>"$out/sanitizer.txt"
 fi

@@ -1,7 +1,9 @@
 """PyTorch's side of `kiln bench-resnet`: ResNet-18 for 32x32 inputs (3x3 stem, no max pool,
 10 classes; the same layers as kiln::nn::ResNet), Adam 1e-3, training steps on one fixed
 random batch; prints the same JSON fields (peak_tensor_bytes = torch.cuda.max_memory_allocated
-on a GPU). Usage: torch_resnet.py [DEVICE=cuda] [BATCH=128] [STEPS=20] [tf32]"""
+on a GPU). Usage: torch_resnet.py [DEVICE=cuda] [BATCH=128] [STEPS=20] [tf32] [benchmark]
+(benchmark: torch.backends.cudnn.benchmark = True, each convolution's algorithm measured, as
+Kiln does by default; PyTorch's default picks by heuristics, like KILN_CUDNN_BENCHMARK=0)"""
 import json
 import sys
 import time
@@ -12,7 +14,9 @@ from torch import nn
 dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 128
 steps = int(sys.argv[3]) if len(sys.argv) > 3 else 20
-tf32 = len(sys.argv) > 4 and sys.argv[4] == "tf32"
+tf32 = "tf32" in sys.argv[4:]
+cudnn_benchmark = "benchmark" in sys.argv[4:]
+torch.backends.cudnn.benchmark = cudnn_benchmark
 torch.backends.cuda.matmul.allow_tf32 = tf32
 torch.backends.cudnn.allow_tf32 = tf32
 torch.manual_seed(0)
@@ -89,6 +93,7 @@ secs = time.perf_counter() - t0
 peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 print(json.dumps({
     "framework": "pytorch " + torch.__version__, "workload": "resnet18", "device": str(dev), "tf32": tf32,
+    "cudnn_benchmark": cudnn_benchmark,
     "batch": batch, "steps": steps, "parameters": sum(p.numel() for p in model.parameters()),
     "step_ms": secs / steps * 1e3, "samples_per_second": batch * steps / secs,
     "first_loss": first, "last_loss": last, "peak_tensor_bytes": peak,

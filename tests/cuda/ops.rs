@@ -6,6 +6,9 @@
 
 use kiln::{Conv2dOptions, DType, Device, Result, Tensor};
 
+/// The profiler records every thread: tests that read its op list take turns.
+static PROFILER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn dev() -> Device {
     match std::env::var("KILN_TEST_DEVICE").ok().as_deref().and_then(|d| d.strip_prefix("cuda:")) {
         Some(n) => {
@@ -173,10 +176,11 @@ fn where_and_masked_fill() {
     let (xi, yi) = (ints(|i| 3 * i + 1), ints(|i| i64::MAX - i));
     check("where, I64 values", &[ci.clone(), xi, yi], |v| Tensor::where_cond(&v[0], &v[1], &v[2]));
     // All of it on the device's kernel, not the host path.
+    let _turn = PROFILER.lock().unwrap_or_else(|p| p.into_inner());
     kiln::profile::start();
     let (cd, xd, yd) = (ci.to_device(dev()).unwrap(), x.to_device(dev()).unwrap(), y.to_device(dev()).unwrap());
     Tensor::where_cond(&cd, &xd, &yd).unwrap();
-    let ops: Vec<String> = kiln::profile::stop().totals().into_iter().map(|(name, ..)| name).collect();
+    let ops: Vec<String> = kiln::profile::stop().this_thread().totals().into_iter().map(|(name, ..)| name).collect();
     assert!(ops.iter().any(|n| n == "where") && !ops.iter().any(|n| n.starts_with("host:")), "{ops:?}");
 }
 
@@ -346,11 +350,22 @@ fn conv_and_pooling() {
         check(&format!("conv2d_relu_maxpool2 {dtype:?}"), &[xh, wh], |v| v[0].conv2d_relu_maxpool2(&v[1], None, plain));
     }
     // These run on the device's kernels and cuBLAS, not on the host path.
+    let _turn = PROFILER.lock().unwrap_or_else(|p| p.into_inner());
     kiln::profile::start();
-    let (xd, wd) = (x.to_device(dev()).unwrap(), w1.to_device(dev()).unwrap().requires_grad_().unwrap());
+    let on_dev = |t: &Tensor| t.to_device(dev()).unwrap().requires_grad_().unwrap();
+    let (xd, wd) = (on_dev(&x), on_dev(&w1));
     xd.conv2d_relu_maxpool2(&wd, None, plain).unwrap().sum_all().unwrap().backward().unwrap();
-    let ops: Vec<String> = kiln::profile::stop().totals().into_iter().map(|(name, ..)| name).collect();
+    let ops: Vec<String> = kiln::profile::stop().this_thread().totals().into_iter().map(|(name, ..)| name).collect();
     assert!(ops.iter().all(|n| !n.starts_with("host:conv2d")), "conv2d took the host path: {ops:?}");
+    // On a GPU the three passes are cuDNN's (unless switched off: run.sh also runs this test
+    // with KILN_CUDNN=0 for the im2col path); the emulated device has no cuDNN.
+    let cudnn_ops = ["cudnnConvolutionForward", "cudnnConvolutionBackwardData", "cudnnConvolutionBackwardFilter"];
+    let ran = |op: &str| ops.iter().any(|n| n.starts_with(op));
+    if dev() != Device::CudaEmulated && std::env::var("KILN_CUDNN").map_or(true, |v| v != "0") {
+        assert!(cudnn_ops.iter().all(|op| ran(op)), "cuDNN did not run every pass: {ops:?}");
+    } else {
+        assert!(!cudnn_ops.iter().any(|op| ran(op)), "cuDNN on {}: {ops:?}", dev());
+    }
     check("max_pool2d", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 2), (2, 2), (1, 0)));
     // Overlapping windows: a pixel can be the argmax of several, its gradient their sum.
     check("max_pool2d, overlapping windows", std::slice::from_ref(&x), |v| v[0].max_pool2d((3, 3), (1, 1), (1, 1)));
@@ -379,6 +394,61 @@ fn indexing_ops() {
     let bad = Tensor::from_vec(vec![1i64, 12], [2], dev()).unwrap();
     let err = x.to_device(dev()).unwrap().index_select(0, &bad).unwrap_err();
     assert!(matches!(err, kiln::Error::IndexOutOfRange { index: 12, size: 12, .. }), "{err}");
+}
+
+#[test]
+fn integer_ops_and_assign_stay_on_the_device() {
+    use kiln::nn::{BatchNorm, Module};
+    // Values that wrap on add and mul, ties for the comparisons, a broadcast row.
+    let av: Vec<i64> = (0..20).map(|i| if i == 3 { i64::MAX } else { (i * 37 % 11) - 5 }).collect();
+    let bv: Vec<i64> = vec![2, -3, 0, 1, i64::MAX];
+    let a = Tensor::from_vec(av.clone(), [4, 5], Device::Cpu).unwrap();
+    let b = Tensor::from_vec(bv.clone(), [5], Device::Cpu).unwrap();
+    let (ad, bd) = (a.to_device(dev()).unwrap(), b.to_device(dev()).unwrap());
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    type Naive = fn(i64, i64) -> i64;
+    let ops: [(&str, Op, Naive); 11] = [
+        ("add", Tensor::add, i64::wrapping_add),
+        ("sub", Tensor::sub, i64::wrapping_sub),
+        ("mul", Tensor::mul, i64::wrapping_mul),
+        ("maximum", Tensor::maximum, |x, y| x.max(y)),
+        ("minimum", Tensor::minimum, |x, y| x.min(y)),
+        ("eq", Tensor::eq, |x, y| (x == y) as i64),
+        ("ne", Tensor::ne, |x, y| (x != y) as i64),
+        ("lt", Tensor::lt, |x, y| (x < y) as i64),
+        ("le", Tensor::le, |x, y| (x <= y) as i64),
+        ("gt", Tensor::gt, |x, y| (x > y) as i64),
+        ("ge", Tensor::ge, |x, y| (x >= y) as i64),
+    ];
+    let _turn = PROFILER.lock().unwrap_or_else(|p| p.into_inner());
+    kiln::profile::start();
+    for (name, op, naive) in ops {
+        // The oracle: a plain loop over the broadcast pairs.
+        let want: Vec<i64> = (0..20).map(|i| naive(av[i], bv[i % 5])).collect();
+        let got = op(&ad, &bd).unwrap_or_else(|e| panic!("{name} on {}: {e}", dev()));
+        assert_eq!(got.dtype(), DType::I64, "{name}");
+        assert_eq!(got.to_vec::<i64>().unwrap(), want, "{name} on {}", dev());
+        assert_eq!(op(&a, &b).unwrap().to_vec::<i64>().unwrap(), want, "{name} on the CPU");
+    }
+    // The same typed refusal as the CPU's for what integers do not have.
+    for e in [ad.div(&bd).unwrap_err(), a.div(&b).unwrap_err()] {
+        assert!(matches!(e, kiln::Error::UnsupportedDType { dtype: DType::I64, .. }), "{e}");
+    }
+    // An I64 assign into a contiguous slice (a device-to-device copy).
+    let dst = Tensor::zeros([4, 5], DType::I64, dev()).unwrap();
+    dst.narrow(0, 1, 2).unwrap().assign(&ad.narrow(0, 2, 2).unwrap()).unwrap();
+    let want: Vec<i64> = (0..20).map(|i| if (5..15).contains(&i) { av[i + 5] } else { 0 }).collect();
+    assert_eq!(dst.to_vec::<i64>().unwrap(), want, "assign");
+    // BatchNorm's step counter: two training batches count 2 without leaving the device.
+    let bn = BatchNorm::new_2d(3, dev()).unwrap();
+    let x = randn(&[4, 3, 5, 5], DType::F32, 40).to_device(dev()).unwrap();
+    bn.forward(&x).unwrap();
+    bn.forward(&x).unwrap();
+    let ops: Vec<String> = kiln::profile::stop().this_thread().totals().into_iter().map(|(name, ..)| name).collect();
+    assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 2);
+    for host in ["host:binary", "host:copy_into"] {
+        assert!(!ops.iter().any(|n| n.starts_with(host)), "{host} ran: {ops:?}");
+    }
 }
 
 #[test]

@@ -1,16 +1,17 @@
-//! conv2d on a CUDA device, forward and backward, composed from the kernels and cuBLAS calls
-//! every other op already uses (no conv-specific kernel besides im2col / col2im and max
-//! pooling): im2col over the whole batch, one strided-batched GEMM, then bias, ReLU and
-//! 2x2 max pooling as the fused op's epilogue asks. The backward undoes the epilogue with
-//! the ReLU-backward and pool-backward kernels, sums the bias gradient with the reduction
-//! kernel, and gets the weight gradient from ONE GEMM over all images (K = n·oh·ow, the
-//! operands transposed into place by the copy kernel) and the input gradient from a
-//! batched GEMM and col2im.
+//! conv2d on a CUDA device, forward and backward. On a GPU with cuDNN the three
+//! convolution passes are cuDNN's (cudnn.rs), as in PyTorch; everywhere else (no cuDNN,
+//! `KILN_CUDNN=0`, the emulated device, a geometry cuDNN refuses) they are composed from
+//! the kernels and cuBLAS calls every other op already uses: im2col over the whole batch and
+//! one strided-batched GEMM forward; the weight gradient from ONE GEMM over all images
+//! (K = n·oh·ow) and the input gradient from a batched GEMM and col2im. Both paths share
+//! the rest: bias, ReLU and 2x2 max pooling as the fused op's epilogue asks, and in the
+//! backward the ReLU-backward and pool-backward kernels and the bias gradient's reduction.
 //!
-//! The price of that simplicity is memory: the batch's columns (n · c·kh·kw · oh·ow
-//! elements) exist at once, twice in the weight gradient (a transposed copy). For the MNIST
-//! CNN at batch 128 that is 18 MB; a large network would want the batch in chunks.
+//! The im2col path's price is memory: the batch's columns (n · c·kh·kw · oh·ow elements)
+//! exist at once. For the MNIST CNN at batch 128 that is 18 MB; for ResNet-18 at batch 128
+//! on 32x32 images, hundreds of MB per layer, which cuDNN's implicit-GEMM algorithms avoid.
 
+use super::cudnn::Pass;
 use super::kernels_conv;
 use super::storage::{binary, host, matmul, on_cpu, reduce, to_contiguous_as, unary, upload, CudaStorage};
 use crate::backend::cpu;
@@ -83,13 +84,33 @@ fn im2col(x: &CudaStorage, xl: &Layout, geom: &ConvGeom, d: &Dims) -> Result<Cud
     Ok(cols)
 }
 
-/// `f(weight, offset)` with the weight [o, c/groups, kh, kw] contiguous from `offset` (a
-/// copy only when the view is not).
-fn with_weight<R>(w: &CudaStorage, wl: &Layout, f: impl FnOnce(&CudaStorage, usize) -> Result<R>) -> Result<R> {
-    match wl.contiguous_range() {
-        Some(r) => f(w, r.start),
-        None => f(&to_contiguous_as(w, wl, w.dtype())?, 0),
+/// `f(storage, offset)` with the view `l` of `s` contiguous from `offset` (a copy only when
+/// the view is not).
+fn with_contiguous<R>(s: &CudaStorage, l: &Layout, f: impl FnOnce(&CudaStorage, usize) -> Result<R>) -> Result<R> {
+    match l.contiguous_range() {
+        Some(r) => f(s, r.start),
+        None => f(&to_contiguous_as(s, l, s.dtype())?, 0),
     }
+}
+
+/// The device address of element `offset` of `s`.
+fn addr(s: &CudaStorage, offset: usize) -> u64 {
+    s.ptr() + (offset * s.dtype().size_in_bytes()) as u64
+}
+
+/// One cuDNN pass writing a new tensor of `len` elements: Some(it), or None when there is
+/// no cuDNN on the device or it has no algorithm for the geometry (the caller then takes
+/// the im2col path). `addrs(out)` gives [x, w, y] with the output's address in its place.
+fn cudnn_pass(
+    like: &CudaStorage,
+    pass: Pass,
+    geom: &ConvGeom,
+    len: usize,
+    addrs: impl FnOnce(u64) -> [u64; 3],
+) -> Result<Option<CudaStorage>> {
+    let Some(dnn) = like.dev().cudnn() else { return Ok(None) };
+    let out = CudaStorage::uninit(like.dev(), like.dtype(), len)?;
+    Ok(dnn.run(like.dev(), pass, like.dtype(), geom, addrs(out.ptr()))?.then_some(out))
 }
 
 /// conv2d forward (see `Storage::conv2d`): the output [n, o, oh, ow], or with
@@ -104,13 +125,23 @@ pub fn conv2d(
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
     let d = Dims::of(geom)?;
     let (o, l) = (d.o(), d.l());
-    let cols = im2col(x, xl, geom, &d)?;
-    // out[i, g] (og x l) = W[g] (og x rows) @ cols[i, g] (rows x l): W broadcast over images.
-    let mut out = with_weight(w, wl, |w, off| {
-        let wv = Layout::new(Shape::new(vec![d.n, d.groups, d.og, d.rows]), vec![0, d.og * d.rows, d.rows, 1], off);
-        matmul(w, &wv, &cols, &d.per_group(d.rows, l))
+    let on_cudnn = with_contiguous(x, xl, |x, xoff| {
+        with_contiguous(w, wl, |w, woff| {
+            cudnn_pass(x, Pass::Forward, geom, d.n * o * l, |y| [addr(x, xoff), addr(w, woff), y])
+        })
     })?;
-    drop(cols);
+    let mut out = match on_cudnn {
+        Some(out) => out,
+        None => {
+            let cols = im2col(x, xl, geom, &d)?;
+            // out[i, g] (og x l) = W[g] (og x rows) @ cols[i, g] (rows x l): W broadcast over images.
+            with_contiguous(w, wl, |w, off| {
+                let wv =
+                    Layout::new(Shape::new(vec![d.n, d.groups, d.og, d.rows]), vec![0, d.og * d.rows, d.rows, 1], off);
+                matmul(w, &wv, &cols, &d.per_group(d.rows, l))
+            })?
+        }
+    };
     let flat = contiguous(&[d.n, o, l]);
     if let Some((b, bl)) = b {
         let bv = Layout::new(Shape::new(vec![d.n, o, l]), vec![0, bl.strides()[0], 0], bl.offset());
@@ -170,7 +201,23 @@ pub fn conv2d_backward(
         _ => return Err(Error::invalid("conv2d", "at most two fused outputs")),
     };
     let db = if need_db { Some(reduce(&gc, &contiguous(&[d.n, o, l]), &[0, 2], ReduceOp::Sum)?) } else { None };
-    let dw = if need_dw {
+    let dw_cudnn = if need_dw {
+        with_contiguous(x, xl, |x, xoff| {
+            cudnn_pass(&gc, Pass::BackwardFilter, geom, d.o() * d.rows, |dw| [addr(x, xoff), dw, gc.ptr()])
+        })?
+    } else {
+        None
+    };
+    let dx_cudnn = if need_dx {
+        with_contiguous(w, wl, |w, woff| {
+            cudnn_pass(&gc, Pass::BackwardData, geom, d.n * d.c * geom.h * geom.w, |dx| [dx, addr(w, woff), gc.ptr()])
+        })?
+    } else {
+        None
+    };
+    let dw = if let Some(dw) = dw_cudnn {
+        Some(dw)
+    } else if need_dw {
         // dW[g] (og x rows) = Σ_i gc[i, g] (og x l) @ cols[i, g]ᵀ: one GEMM with K = n·l, the
         // image dim next to the pixels: gc moved to [g, og, n, l] by a copy, the columns
         // written as [c·kh·kw, n, l] = [g, rows, n, l] by im2col itself.
@@ -183,9 +230,11 @@ pub fn conv2d_backward(
     } else {
         None
     };
-    let dx = if need_dx {
+    let dx = if let Some(dx) = dx_cudnn {
+        Some(dx)
+    } else if need_dx {
         // dcols[i, g] (rows x l) = W[g]ᵀ (rows x og) @ gc[i, g] (og x l), then col2im.
-        let dcols = with_weight(w, wl, |w, off| {
+        let dcols = with_contiguous(w, wl, |w, off| {
             let wt = Layout::new(Shape::new(vec![d.n, d.groups, d.rows, d.og]), vec![0, d.og * d.rows, 1, d.rows], off);
             matmul(w, &wt, &gc, &d.per_group(d.og, l))
         })?;

@@ -8,6 +8,7 @@
 
 use super::alloc::{CachingAllocator, DeviceBuf, GpuMemory, HostMemory};
 use super::blas::{Blas, Cublas, HostBlas};
+use super::cudnn::Cudnn;
 use super::emu::EmuLauncher;
 use super::gpu::GpuLauncher;
 use super::launch::Launcher;
@@ -28,6 +29,9 @@ pub struct CudaDev {
     ctx: Option<Arc<CudaContext>>,
     /// Pinned staging for uploads that do not block the host (GPU only; staging.rs).
     stager: Option<Mutex<Stager<GpuEngine>>>,
+    /// cuDNN for convolutions, made on the first one (None: not on this device; conv.rs
+    /// then runs im2col + cuBLAS).
+    cudnn: OnceLock<Option<Cudnn>>,
 }
 
 impl std::fmt::Debug for CudaDev {
@@ -52,6 +56,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
                 blas: Box::new(HostBlas),
                 ctx: None,
                 stager: None,
+                cudnn: OnceLock::new(),
             });
             // The same self-test as a GPU's, so the test itself is checked in CI.
             self_test(&dev)?;
@@ -73,6 +78,7 @@ pub fn get(device: Device) -> Result<Arc<CudaDev>> {
                 blas: Box::new(Cublas::new(n, false)?),
                 ctx: Some(ctx),
                 stager: Some(Mutex::new(stager)),
+                cudnn: OnceLock::new(),
             });
             self_test(&dev)?;
             dev
@@ -144,6 +150,27 @@ impl CudaDev {
     }
     pub fn allocator(&self) -> &Arc<CachingAllocator> {
         &self.alloc
+    }
+    /// cuDNN on this GPU, made on first use; None on the emulated device or when cuDNN is
+    /// missing, switched off (KILN_CUDNN=0) or fails to start (said once, in the log).
+    pub fn cudnn(&self) -> Option<&Cudnn> {
+        self.cudnn
+            .get_or_init(|| {
+                if self.emulated() {
+                    return None;
+                }
+                match self.bind().and_then(|_| Cudnn::new(self.device)) {
+                    Ok(c) => {
+                        tracing::debug!(version = Cudnn::version(), "cuDNN on {}", self.device);
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; convolutions on {} run on im2col + cuBLAS", self.device);
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
     fn emulated(&self) -> bool {
         self.device == Device::CudaEmulated

@@ -232,7 +232,14 @@ pub fn unary(k: &dyn Launcher, dtype: DType, op: UnaryOp, x: u64, xl: &Layout, y
     k.launch(&name, (grid_for(n as usize), 1, 1), (BLOCK, 1, 1), 0, &mut args)
 }
 
-/// out[i] = op(a[la(i)], b[lb(i)]); both layouts broadcast to the output shape.
+/// Whether `binary_i64` has `op`: the CPU backend's integer ops (all but div, pow and relu
+/// backward, which it refuses for I64 too).
+pub fn i64_binary(op: BinaryOp) -> bool {
+    !matches!(op, BinaryOp::Div | BinaryOp::Pow | BinaryOp::ReluBackward)
+}
+
+/// out[i] = op(a[la(i)], b[lb(i)]); both layouts broadcast to the output shape. F32, F16,
+/// BF16, and I64 for the integer ops ([`i64_binary`]).
 #[allow(clippy::too_many_arguments)]
 pub fn binary(
     k: &dyn Launcher,
@@ -244,7 +251,13 @@ pub fn binary(
     lb: &Layout,
     out: u64,
 ) -> Result<()> {
-    let name = format!("binary_{}", suffix("binary", dtype)?);
+    let name = match dtype {
+        DType::I64 if i64_binary(op) => "binary_i64".to_string(),
+        DType::I64 => {
+            return Err(Error::UnsupportedDType { op: op.name(), dtype, msg: "cast to a float dtype first" });
+        }
+        _ => format!("binary_{}", suffix("binary", dtype)?),
+    };
     let mut code = binary_code(op);
     let mut n = la.elem_count() as i64;
     let (mut l, mut a, mut b, mut out) = (Strided2::new(la, lb)?, a, b, out);

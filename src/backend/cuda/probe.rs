@@ -65,6 +65,31 @@ fn run_probe() -> Probe {
     Probe { driver, nvrtc, cublas, nccl, searched: dirs }
 }
 
+/// cuDNN, probed on first use (a convolution on a GPU, `kiln info`), not with the rest: its
+/// engine libraries are hundreds of MB, loaded only by a process that convolves on a GPU.
+pub fn cudnn() -> &'static LibStatus {
+    static C: OnceLock<LibStatus> = OnceLock::new();
+    C.get_or_init(|| {
+        // SAFETY: as in `run_probe`: `is_culib_present` only tries to dlopen by name.
+        find("cudnn", &["libcudnn.so.9", "libcudnn.so"], &probe().searched, || unsafe {
+            cudarc::cudnn::sys::is_culib_present()
+        })
+    })
+}
+
+/// cuDNN 9's libcudnn.so is a dispatcher that dlopens its sub-libraries by bare soname when
+/// a call needs them (not DT_NEEDED, so a wheel folder's RUNPATH does not reach them): load
+/// those beside it first, dependencies before dependants, so that lookup finds them in the
+/// process. The adv (RNN / attention) library is left out: convolutions never ask for it.
+const CUDNN_SUBLIBS: [&str; 6] = [
+    "libcudnn_graph.so.9",
+    "libcudnn_ops.so.9",
+    "libcudnn_cnn.so.9",
+    "libcudnn_heuristic.so.9",
+    "libcudnn_engines_runtime_compiled.so.9",
+    "libcudnn_engines_precompiled.so.9",
+];
+
 fn find(name: &'static str, files: &[&str], dirs: &[PathBuf], present: impl Fn() -> bool) -> LibStatus {
     if present() {
         return LibStatus { name, found: Some("system library search path".into()), hint: None };
@@ -81,6 +106,11 @@ fn find(name: &'static str, files: &[&str], dirs: &[PathBuf], present: impl Fn()
                 // beside it first, so that lookup finds it in the process.
                 for b in list(dir).into_iter().filter(|p| file_name(p).starts_with("libnvrtc-builtins.so")) {
                     preload(&b);
+                }
+            }
+            if name == "cudnn" {
+                for sub in CUDNN_SUBLIBS.iter().map(|f| dir.join(f)).filter(|p| p.is_file()) {
+                    preload(&sub);
                 }
             }
             if !preload(&path) {

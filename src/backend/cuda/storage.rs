@@ -211,6 +211,13 @@ pub fn copy_into(dst: &mut CudaStorage, dl: &Layout, src: &CudaStorage, sl: &Lay
         }
         return Ok(());
     }
+    if dl.is_contiguous() && sl.is_contiguous() && src.dtype == dst.dtype {
+        // Same dtype, both contiguous (an I64 or F64 assign): a device-to-device copy, in
+        // stream order like a kernel, where the host path would wait for the GPU.
+        let bytes = dl.elem_count() * dst.dtype.size_in_bytes();
+        let (to, from) = (dst.at(dl.offset()), src.at(sl.offset()));
+        return dst.dev.dtod(to, from, bytes);
+    }
     host("host:copy_into", || {
         let mut d = on_cpu(dst)?;
         crate::backend::cpu::copy_into(&mut d, dl, &on_cpu(src)?, sl);
@@ -230,7 +237,8 @@ pub fn unary(s: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStorage> {
 }
 
 pub fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
-    if !has_kernels(a.dtype) {
+    // I64 runs on its kernel, or is refused there as on the CPU (div, pow).
+    if !has_kernels(a.dtype) && a.dtype != DType::I64 {
         return host("host:binary", || upload(a, crate::backend::cpu::binary(&on_cpu(a)?, la, &on_cpu(b)?, lb, op)?));
     }
     let out = a.new_like(a.dtype, la.elem_count())?;

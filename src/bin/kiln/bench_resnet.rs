@@ -59,6 +59,8 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
             "samples_per_second": (batch * steps) as f64 / secs,
             "first_loss": first_loss, "last_loss": last_loss, "peak_tensor_bytes": peak,
             "profiled": profile,
+            // Which path the convolutions took: cuDNN's passes, or im2col + GEMM.
+            "cudnn_calls": kiln::backend::cuda::cudnn::calls(),
         })
     );
     Ok(())

@@ -291,8 +291,11 @@ fn main() -> Result<()> {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads (rayon; RAYON_NUM_THREADS overrides)", rayon::current_num_threads());
             let p = kiln::backend::cuda::probe::probe();
-            for lib in [&p.driver, &p.nvrtc, &p.cublas, &p.nccl] {
+            for lib in [&p.driver, &p.nvrtc, &p.cublas, &p.nccl, kiln::backend::cuda::probe::cudnn()] {
                 println!("{:<14} {}", lib.name, lib.found.clone().unwrap_or_else(|| lib.why_missing()));
+            }
+            if let Some(v) = kiln::backend::cuda::cudnn::Cudnn::version() {
+                println!("cuDNN: {v} (convolutions on a GPU; KILN_CUDNN=0 runs them on im2col + cuBLAS)");
             }
             println!("searched: {}", p.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
             let v = |r: kiln::Result<(i32, i32)>| r.map_or_else(|e| e.to_string(), |(a, b)| format!("{a}.{b}"));
