@@ -125,11 +125,17 @@ pub fn conv2d(
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
     let d = Dims::of(geom)?;
     let (o, l) = (d.o(), d.l());
-    let on_cudnn = with_contiguous(x, xl, |x, xoff| {
-        with_contiguous(w, wl, |w, woff| {
-            cudnn_pass(x, Pass::Forward, geom, d.n * o * l, |y| [addr(x, xoff), addr(w, woff), y])
-        })
-    })?;
+    // cuDNN takes contiguous tensors: the copies of strided views are made only for it.
+    let cudnn = x.dev().cudnn().is_some();
+    let on_cudnn = if cudnn {
+        with_contiguous(x, xl, |x, xoff| {
+            with_contiguous(w, wl, |w, woff| {
+                cudnn_pass(x, Pass::Forward, geom, d.n * o * l, |y| [addr(x, xoff), addr(w, woff), y])
+            })
+        })?
+    } else {
+        None
+    };
     let mut out = match on_cudnn {
         Some(out) => out,
         None => {
@@ -201,14 +207,15 @@ pub fn conv2d_backward(
         _ => return Err(Error::invalid("conv2d", "at most two fused outputs")),
     };
     let db = if need_db { Some(reduce(&gc, &contiguous(&[d.n, o, l]), &[0, 2], ReduceOp::Sum)?) } else { None };
-    let dw_cudnn = if need_dw {
+    let cudnn = g.dev().cudnn().is_some();
+    let dw_cudnn = if need_dw && cudnn {
         with_contiguous(x, xl, |x, xoff| {
             cudnn_pass(&gc, Pass::BackwardFilter, geom, d.o() * d.rows, |dw| [addr(x, xoff), dw, gc.ptr()])
         })?
     } else {
         None
     };
-    let dx_cudnn = if need_dx {
+    let dx_cudnn = if need_dx && cudnn {
         with_contiguous(w, wl, |w, woff| {
             cudnn_pass(&gc, Pass::BackwardData, geom, d.n * d.c * geom.h * geom.w, |dx| [dx, addr(w, woff), gc.ptr()])
         })?

@@ -195,6 +195,9 @@ impl Cudnn {
             dilation: geom.win.dilation,
             groups: geom.groups,
         };
+        // cuDNN runs on the calling thread's current context: a data-parallel worker thread
+        // may not have made this GPU's current yet.
+        dev.bind()?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let h = inner.handle;
         let entry = inner.algos.entry(key).or_insert_with(|| Entry::new(self.device, h, &key));

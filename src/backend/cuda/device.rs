@@ -181,7 +181,7 @@ impl CudaDev {
     }
 
     /// The GPU's context, made current on this thread.
-    fn bind(&self) -> Result<()> {
+    pub(crate) fn bind(&self) -> Result<()> {
         match &self.ctx {
             Some(ctx) => ctx.bind_to_thread().map_err(|e| self.gpu_err("binding the context", e)),
             None => Err(self.gpu_err("copy", "no GPU context")),

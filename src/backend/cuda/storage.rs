@@ -3,8 +3,9 @@
 //!
 //! Families with kernels launch them (elementwise unary/binary with broadcast by strides,
 //! copies and casts, sum/max/min/argmax/argmin reductions, softmax, fused cross-entropy, fused Adam,
-//! index_select/gather/index_add/scatter_add, where), matmul goes to cuBLAS, and conv2d with its
-//! fused epilogues, im2col/col2im and max pooling are composed in conv.rs. The others still
+//! index_select/gather/index_add/scatter_add, where; I64 binary ops), matmul goes to cuBLAS,
+//! and conv2d (cuDNN, or im2col + cuBLAS) with its fused epilogues, im2col/col2im and max
+//! pooling are in conv.rs. The others still
 //! take the host path: copy to the CPU, run the CPU reference, copy back. That is correct
 //! (it IS the reference) but slow on a GPU; `HOST_PATH` names them and the profiler shows
 //! them as `host:<op>`.
@@ -21,8 +22,8 @@ use std::sync::Arc;
 /// The families that still compute on the host (see the module docs).
 pub const HOST_PATH: &[&str] = &[
     "index_add, scatter_add (f16/bf16: no half atomics)",
-    "copy_into (strided destination)",
-    "f64/i64 arithmetic (conv2d included)",
+    "copy_into (strided destination, or a strided source of another dtype than f32/f16/bf16)",
+    "f64 arithmetic (conv2d included), i64 unary ops and reductions (i64 binary ops have a kernel)",
 ];
 
 /// A buffer of `len` elements of `dtype` on a CUDA device.
