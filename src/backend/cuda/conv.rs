@@ -93,11 +93,6 @@ fn with_contiguous<R>(s: &CudaStorage, l: &Layout, f: impl FnOnce(&CudaStorage, 
     }
 }
 
-/// The device address of element `offset` of `s`.
-fn addr(s: &CudaStorage, offset: usize) -> u64 {
-    s.ptr() + (offset * s.dtype().size_in_bytes()) as u64
-}
-
 /// One cuDNN pass writing a new tensor of `len` elements: Some(it), or None when there is
 /// no cuDNN on the device or it has no algorithm for the geometry (the caller then takes
 /// the im2col path). `addrs(out)` gives [x, w, y] with the output's address in its place.
@@ -130,7 +125,7 @@ pub fn conv2d(
     let on_cudnn = if cudnn {
         with_contiguous(x, xl, |x, xoff| {
             with_contiguous(w, wl, |w, woff| {
-                cudnn_pass(x, Pass::Forward, geom, d.n * o * l, |y| [addr(x, xoff), addr(w, woff), y])
+                cudnn_pass(x, Pass::Forward, geom, d.n * o * l, |y| [x.at(xoff), w.at(woff), y])
             })
         })?
     } else {
@@ -210,14 +205,14 @@ pub fn conv2d_backward(
     let cudnn = g.dev().cudnn().is_some();
     let dw_cudnn = if need_dw && cudnn {
         with_contiguous(x, xl, |x, xoff| {
-            cudnn_pass(&gc, Pass::BackwardFilter, geom, d.o() * d.rows, |dw| [addr(x, xoff), dw, gc.ptr()])
+            cudnn_pass(&gc, Pass::BackwardFilter, geom, d.o() * d.rows, |dw| [x.at(xoff), dw, gc.ptr()])
         })?
     } else {
         None
     };
     let dx_cudnn = if need_dx && cudnn {
         with_contiguous(w, wl, |w, woff| {
-            cudnn_pass(&gc, Pass::BackwardData, geom, d.n * d.c * geom.h * geom.w, |dx| [dx, addr(w, woff), gc.ptr()])
+            cudnn_pass(&gc, Pass::BackwardData, geom, d.n * d.c * geom.h * geom.w, |dx| [dx, w.at(woff), gc.ptr()])
         })?
     } else {
         None

@@ -116,7 +116,7 @@ impl CudaStorage {
         self.buf.ptr()
     }
     /// The device address of element `i`.
-    fn at(&self, i: usize) -> u64 {
+    pub fn at(&self, i: usize) -> u64 {
         self.ptr() + (i * self.dtype.size_in_bytes()) as u64
     }
     pub fn dtype(&self) -> DType {
