@@ -64,27 +64,47 @@ impl Tensor {
             // Piecewise constant (or only used inside backward): no graph.
             return Ok(Tensor::from_storage(s, layout));
         }
-        let x = self.detach();
-        Ok(Tensor::from_op_out(s, layout, name, &[self], move |g, y| {
+        // Save only what the gradient reads (the autograd edge keeps no data): the output for
+        // exp, sqrt, tanh, sigmoid, recip and relu (y > 0 exactly where x > 0, NaN included:
+        // relu(NaN) = 0), the input for the others that need one, nothing for neg and affine.
+        let needs_y = matches!(
+            op,
+            UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Recip | UnaryOp::Relu
+        );
+        let needs_x =
+            matches!(op, UnaryOp::Log | UnaryOp::Abs | UnaryOp::Gelu | UnaryOp::Silu | UnaryOp::Sqr | UnaryOp::Powf(_));
+        let x = needs_x.then(|| self.detach());
+        let grad = move |g: &Tensor, y: Option<&Tensor>| -> Result<Vec<Option<Tensor>>> {
+            let missing = || Error::Backward(format!("internal: {name}'s backward lacks a saved tensor"));
+            let x = || x.as_ref().ok_or_else(missing);
+            let y = || y.ok_or_else(missing);
             let dx = match op {
                 UnaryOp::Neg => g.neg()?,
-                UnaryOp::Exp => g.mul(y)?,
-                UnaryOp::Log => g.div(&x)?,
-                UnaryOp::Sqrt => g.div(&y.mul_scalar(2.0)?)?,
-                UnaryOp::Abs => g.mul(&x.sign()?)?,
-                UnaryOp::Tanh => g.mul(&y.sqr()?.affine(-1.0, 1.0)?)?,
-                UnaryOp::Sigmoid => g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?,
-                UnaryOp::Relu => g.relu_backward(&x)?,
-                UnaryOp::Gelu => g.mul(&x.unary(UnaryOp::GeluGrad, "gelu_grad")?)?,
-                UnaryOp::Silu => g.mul(&x.unary(UnaryOp::SiluGrad, "silu_grad")?)?,
-                UnaryOp::Recip => g.mul(&y.sqr()?)?.neg()?,
-                UnaryOp::Sqr => g.mul(&x.mul_scalar(2.0)?)?,
+                UnaryOp::Exp => g.mul(y()?)?,
+                UnaryOp::Log => g.div(x()?)?,
+                UnaryOp::Sqrt => g.div(&y()?.mul_scalar(2.0)?)?,
+                UnaryOp::Abs => g.mul(&x()?.sign()?)?,
+                UnaryOp::Tanh => g.mul(&y()?.sqr()?.affine(-1.0, 1.0)?)?,
+                UnaryOp::Sigmoid => {
+                    let y = y()?;
+                    g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?
+                }
+                UnaryOp::Relu => g.relu_backward(y()?)?,
+                UnaryOp::Gelu => g.mul(&x()?.unary(UnaryOp::GeluGrad, "gelu_grad")?)?,
+                UnaryOp::Silu => g.mul(&x()?.unary(UnaryOp::SiluGrad, "silu_grad")?)?,
+                UnaryOp::Recip => g.mul(&y()?.sqr()?)?.neg()?,
+                UnaryOp::Sqr => g.mul(&x()?.mul_scalar(2.0)?)?,
                 UnaryOp::Affine { mul, .. } => g.mul_scalar(mul)?,
-                UnaryOp::Powf(p) => g.mul(&x.powf(p - 1.0)?.mul_scalar(p)?)?,
+                UnaryOp::Powf(p) => g.mul(&x()?.powf(p - 1.0)?.mul_scalar(p)?)?,
                 UnaryOp::Sign | UnaryOp::Step | UnaryOp::GeluGrad | UnaryOp::SiluGrad => return Ok(vec![None]),
             };
             Ok(vec![Some(dx)])
-        }))
+        };
+        Ok(if needs_y {
+            Tensor::from_op_out(s, layout, name, &[self], move |g, y| grad(g, Some(y)))
+        } else {
+            Tensor::from_op(s, layout, name, &[self], move |g| grad(g, None))
+        })
     }
 
     // ----- binary, NumPy broadcasting -----
@@ -151,23 +171,38 @@ impl Tensor {
             // Comparisons and relu_backward (used inside backward only): no graph.
             return Ok(Tensor::from_storage(s, layout));
         }
-        let (a, b) = (self.detach(), rhs.detach());
         let (sa, sb) = (self.shape().clone(), rhs.shape().clone());
-        // Only the inputs that need a gradient get one computed.
+        // Only the inputs that need a gradient get one computed, and only what those
+        // gradients read is saved: nothing for add and sub (a residual connection's operands
+        // are freed once it has run), the other operand for mul, b (and the output for b's
+        // gradient) for div, all of it for pow, both operands for maximum and minimum.
         let (need_a, need_b) = (self.requires_grad(), rhs.requires_grad());
-        Ok(Tensor::from_op_out(s, layout, name, &[self, rhs], move |g, y| {
+        let (keep_a, keep_b, keep_y) = match op {
+            BinaryOp::Add | BinaryOp::Sub => (false, false, false),
+            BinaryOp::Mul => (need_b, need_a, false),
+            BinaryOp::Div => (false, true, need_b),
+            BinaryOp::Pow => (true, true, need_b),
+            _ => (true, true, false),
+        };
+        let (a, b) = (keep_a.then(|| self.detach()), keep_b.then(|| rhs.detach()));
+        let grad = move |g: &Tensor, y: Option<&Tensor>| -> Result<Vec<Option<Tensor>>> {
+            let missing = || Error::Backward(format!("internal: {name}'s backward lacks a saved tensor"));
+            let a = || a.as_ref().ok_or_else(missing);
+            let b = || b.as_ref().ok_or_else(missing);
+            let y = || y.ok_or_else(missing);
             // The larger (smaller) input takes the gradient of maximum (minimum); ties split it.
             let winner_weight = || -> Result<Tensor> {
-                let win = if op == BinaryOp::Maximum { a.gt(&b)? } else { a.lt(&b)? };
-                win.add(&a.eq(&b)?.mul_scalar(0.5)?)
+                let (a, b) = (a()?, b()?);
+                let win = if op == BinaryOp::Maximum { a.gt(b)? } else { a.lt(b)? };
+                win.add(&a.eq(b)?.mul_scalar(0.5)?)
             };
             let ga = if need_a {
                 let ga = match op {
                     BinaryOp::Add | BinaryOp::Sub => g.clone(),
-                    BinaryOp::Mul => g.mul(&b)?,
-                    BinaryOp::Div => g.div(&b)?,
+                    BinaryOp::Mul => g.mul(b()?)?,
+                    BinaryOp::Div => g.div(b()?)?,
                     // b·a^(b-1), not b·y/a, which is undefined at a = 0.
-                    BinaryOp::Pow => g.mul(&b)?.mul(&a.pow(&b.add_scalar(-1.0)?)?)?,
+                    BinaryOp::Pow => g.mul(b()?)?.mul(&a()?.pow(&b()?.add_scalar(-1.0)?)?)?,
                     _ => g.mul(&winner_weight()?)?,
                 };
                 Some(ga.sum_to(&sa)?)
@@ -178,9 +213,9 @@ impl Tensor {
                 let gb = match op {
                     BinaryOp::Add => g.clone(),
                     BinaryOp::Sub => g.neg()?,
-                    BinaryOp::Mul => g.mul(&a)?,
-                    BinaryOp::Div => g.mul(y)?.div(&b)?.neg()?,
-                    BinaryOp::Pow => g.mul(y)?.mul(&a.log()?)?,
+                    BinaryOp::Mul => g.mul(a()?)?,
+                    BinaryOp::Div => g.mul(y()?)?.div(b()?)?.neg()?,
+                    BinaryOp::Pow => g.mul(y()?)?.mul(&a()?.log()?)?,
                     _ => g.mul(&winner_weight()?.affine(-1.0, 1.0)?)?,
                 };
                 Some(gb.sum_to(&sb)?)
@@ -188,7 +223,12 @@ impl Tensor {
                 None
             };
             Ok(vec![ga, gb])
-        }))
+        };
+        Ok(if keep_y {
+            Tensor::from_op_out(s, layout, name, &[self, rhs], move |g, y| grad(g, Some(y)))
+        } else {
+            Tensor::from_op(s, layout, name, &[self, rhs], move |g| grad(g, None))
+        })
     }
 
     /// ReLU's gradient: self (the upstream gradient) where `x` > 0, else 0; one pass, no graph.

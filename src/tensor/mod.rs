@@ -119,7 +119,7 @@ impl Tensor {
         // The node keeps a *detached* handle on the output (no node of its own), so the
         // output -> node -> output loop that would leak the graph never forms.
         let output = keep_output.then(|| Tensor::with_parts(storage.clone(), layout.clone(), None));
-        let node = Node::new(name, inputs.iter().map(|&t| t.clone()).collect(), output, backward);
+        let node = Node::new(name, inputs, output, backward);
         Tensor::with_parts(storage, layout, Some(Arc::new(node)))
     }
 
@@ -166,6 +166,11 @@ impl Tensor {
     /// Whether the view covers its whole storage, densely, from element 0.
     pub(crate) fn is_whole_storage(&self) -> bool {
         self.is_contiguous() && self.layout().offset() == 0 && self.storage().len() == self.elem_count()
+    }
+    /// A weak handle on the storage: whether anything still holds this tensor's data.
+    #[cfg(test)]
+    pub(crate) fn storage_weak(&self) -> std::sync::Weak<RwLock<Storage>> {
+        Arc::downgrade(&self.0.storage)
     }
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.0.node.as_ref()
