@@ -22,8 +22,7 @@ pub(crate) type BackwardFn = Box<dyn FnOnce(&Tensor, Option<&Tensor>) -> Result<
 
 /// How a node reaches one input in backward: its id (gradients are summed per tensor), its
 /// shape (checked against the gradient), its node, and for a leaf that wants a gradient the
-/// leaf itself (its `.grad` is filled there; leaves are parameters and inputs the caller
-/// holds anyway).
+/// leaf itself (its `.grad` is filled there; such leaves are parameters, alive anyway).
 #[derive(Clone)]
 struct Edge {
     id: usize,
