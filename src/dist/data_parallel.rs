@@ -9,11 +9,18 @@
 //! backward goes on with the layers before. [`DataParallel::finish_gradients`] sends what
 //! is left and writes the sums back. Buckets always go out in bucket order, so every rank
 //! issues the same collectives in the same order whatever its timing.
+//!
+//! Where the buckets live: in host memory for a model on the CPU; for a model on a GPU, in
+//! that GPU's memory (one f32 tensor per bucket, kept between steps), so the gradients never
+//! leave the device: staged by device-to-device copies, scaled by one kernel per bucket,
+//! reduced in place by NCCL (a host transport downloads and uploads the bucket once), and
+//! copied out into each parameter's own gradient. Before, every gradient went through the
+//! host on its own (a GPU sync each).
 
 use super::{Communicator, ReduceOp};
 use crate::backend::cpu::CpuData;
 use crate::backend::Storage;
-use crate::{DType, Error, Layout, Result, Tensor};
+use crate::{no_grad, DType, Device, Error, Layout, Result, Tensor};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,11 +28,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// The communication thread's answers, one per job, in order.
-type Replies = Receiver<Result<Vec<f32>>>;
+type Replies = Receiver<Result<Buf>>;
+
+/// A bucket's staging buffer: host memory for a model on the CPU, a 1-D f32 tensor on the
+/// model's device otherwise.
+enum Buf {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
 
 /// A collective for the communication thread; each is answered with its result buffer.
 enum Job {
-    AllReduce(Vec<f32>),
+    AllReduce(Buf),
     Broadcast(Vec<f32>, usize),
 }
 
@@ -46,7 +60,7 @@ struct Step {
     /// Per parameter: its gradient is staged.
     ready: Vec<bool>,
     /// Per bucket: its staging buffer, until it is sent.
-    bufs: Vec<Option<Vec<f32>>>,
+    bufs: Vec<Option<Buf>>,
     /// Buckets sent so far this step (always a prefix, in bucket order).
     sent: usize,
     /// Buckets sent from hooks, while backward still ran (this step).
@@ -73,16 +87,30 @@ impl Shared {
                 format!("parameter {pi}'s gradient arrived after its bucket {b} was sent (two backward passes in one step?)"),
             ));
         };
-        let dst = &mut buf[off..off + n];
-        match grad {
-            Some(g) if g.elem_count() != n => {
+        if let Some(g) = &grad {
+            if g.elem_count() != n {
                 return Err(Error::invalid(
                     "DataParallel",
                     format!("parameter {pi} has {n} elements but a gradient of shape {}", g.shape()),
-                ))
+                ));
             }
-            Some(g) => read_f32(&g, dst, scale)?,
-            None => dst.fill(0.0),
+        }
+        match buf {
+            Buf::Host(buf) => {
+                let dst = &mut buf[off..off + n];
+                match grad {
+                    Some(g) => read_f32(&g, dst, scale)?,
+                    None => dst.fill(0.0),
+                }
+            }
+            // A device copy; the bucket is scaled as a whole when it goes out (`send_ready`).
+            Buf::Device(bucket) => no_grad(|| {
+                let dst = bucket.narrow(0, off, n)?;
+                match grad {
+                    Some(g) => dst.assign(&g.detach().reshape(vec![n])?),
+                    None => dst.assign(&Tensor::zeros(vec![n], DType::F32, bucket.device())?),
+                }
+            })?,
         }
         step.ready[pi] = true;
         Ok(())
@@ -92,7 +120,15 @@ impl Shared {
     fn send_ready(&self, step: &mut Step) -> Result<usize> {
         let first = step.sent;
         while step.sent < self.buckets.params.len() && self.buckets.params[step.sent].iter().all(|&p| step.ready[p]) {
-            let buf = step.bufs[step.sent].take().expect("an unsent bucket has its buffer");
+            let buf = match step.bufs[step.sent].take().expect("an unsent bucket has its buffer") {
+                Buf::Device(bucket) => match step.armed {
+                    // The host path scales each gradient as it reads it; here one kernel per
+                    // bucket (the same f32 products).
+                    Some(w) if w != 1.0 => Buf::Device(no_grad(|| bucket.mul_scalar(w as f64))?),
+                    _ => Buf::Device(bucket),
+                },
+                host => host,
+            };
             self.jobs.send(Job::AllReduce(buf)).map_err(|_| comm_gone())?;
             step.sent += 1;
         }
@@ -117,14 +153,21 @@ pub struct DataParallel {
     /// A step failed half-way: replies may be out of step with requests, so every later
     /// collective is refused instead of reading another bucket's sums.
     broken: bool,
+    /// The buckets are tensors on this device (a GPU), not host memory.
+    on_device: bool,
 }
 
 impl DataParallel {
     /// Groups `params` into buckets of at most `bucket_bytes`, last parameter first (a larger
     /// tensor gets a bucket of its own), and hooks each parameter that takes gradients.
-    /// Parameters must be f32 and contiguous.
+    /// Parameters must be f32, contiguous and on one device; on a GPU the buckets are kept
+    /// in its memory.
     pub fn new(comm: Box<dyn Communicator>, params: Vec<Tensor>, bucket_bytes: usize) -> Result<DataParallel> {
+        let device = params.first().map_or(Device::Cpu, |p| p.device());
         for p in &params {
+            if p.device() != device {
+                return Err(Error::DeviceMismatch { op: "DataParallel", lhs: device, rhs: p.device() });
+            }
             if p.dtype() != DType::F32 {
                 return Err(Error::UnsupportedDType {
                     op: "DataParallel",
@@ -156,17 +199,20 @@ impl DataParallel {
                 }
             }
         }
+        let on_device = device != Device::Cpu;
+        let bufs = buckets
+            .len
+            .iter()
+            .map(|&n| match on_device {
+                true => Ok(Some(Buf::Device(Tensor::zeros(vec![n], DType::F32, device)?))),
+                false => Ok(Some(Buf::Host(vec![0.0; n]))),
+            })
+            .collect::<Result<_>>()?;
         let (rank, world) = (comm.rank(), comm.world_size());
         let (jobs, replies) = spawn_comm_thread(comm)?;
-        let step = Step {
-            armed: None,
-            ready: vec![false; params.len()],
-            bufs: buckets.len.iter().map(|&n| Some(vec![0.0; n])).collect(),
-            sent: 0,
-            sent_early: 0,
-        };
+        let step = Step { armed: None, ready: vec![false; params.len()], bufs, sent: 0, sent_early: 0 };
         let shared = Arc::new(Shared { buckets, step: Mutex::new(step), jobs });
-        let mut dp = DataParallel { params, shared, replies, hooks: Vec::new(), rank, world, broken: false };
+        let mut dp = DataParallel { params, shared, replies, hooks: Vec::new(), rank, world, broken: false, on_device };
         for (pi, p) in dp.params.iter().enumerate() {
             if !(p.is_leaf() && p.requires_grad()) {
                 continue;
@@ -195,6 +241,10 @@ impl DataParallel {
     pub fn bucket_count(&self) -> usize {
         self.shared.buckets.params.len()
     }
+    /// Whether the gradient buckets live in the model's GPU memory (see the module doc).
+    pub fn buckets_on_device(&self) -> bool {
+        self.on_device
+    }
     /// Buckets of the last step that were sent while backward still ran.
     pub fn buckets_sent_during_backward(&self) -> usize {
         self.shared.step().sent_early
@@ -208,7 +258,10 @@ impl DataParallel {
             return Err(Error::invalid("DataParallel", "a collective between begin_backward and finish_gradients"));
         }
         self.shared.jobs.send(job).map_err(|_| comm_gone())?;
-        self.replies.recv().map_err(|_| comm_gone())?
+        match self.replies.recv().map_err(|_| comm_gone())?? {
+            Buf::Host(v) => Ok(v),
+            Buf::Device(_) => Err(Error::invalid("DataParallel", "internal: a device buffer for a host collective")),
+        }
     }
 
     /// Overwrites every rank's parameters with rank 0's.
@@ -286,7 +339,13 @@ impl DataParallel {
             for &pi in bucket {
                 let (_, off, n) = self.shared.buckets.at[pi];
                 let p = &self.params[pi];
-                p.set_grad(Some(Tensor::from_vec(buf[off..off + n].to_vec(), p.shape().clone(), p.device())?));
+                let grad = match &buf {
+                    Buf::Host(v) => Tensor::from_vec(v[off..off + n].to_vec(), p.shape().clone(), p.device())?,
+                    // A gradient of its own (a device copy): the optimizers' fused kernels
+                    // take whole buffers, and the bucket is staged again next step.
+                    Buf::Device(t) => no_grad(|| t.narrow(0, off, n)?.reshape(p.shape().clone())?.copy())?,
+                };
+                p.set_grad(Some(grad));
             }
             // The buffer goes back for the next step (every element is staged again).
             self.shared.step().bufs[b] = Some(buf);
@@ -315,7 +374,7 @@ impl DataParallel {
                 [hi, (v - hi as f64) as f32]
             })
             .collect();
-        let split = self.collective(Job::AllReduce(split))?;
+        let split = self.collective(Job::AllReduce(Buf::Host(split)))?;
         for (v, pair) in values.iter_mut().zip(split.chunks_exact(2)) {
             *v = pair[0] as f64 + pair[1] as f64;
         }
@@ -343,8 +402,11 @@ fn spawn_comm_thread(mut comm: Box<dyn Communicator>) -> Result<(Sender<Job>, Re
         .spawn(move || {
             for job in job_rx {
                 let r = match job {
-                    Job::AllReduce(mut buf) => comm.all_reduce(&mut buf, ReduceOp::Sum).map(|()| buf),
-                    Job::Broadcast(mut buf, root) => comm.broadcast(&mut buf, root).map(|()| buf),
+                    Job::AllReduce(Buf::Host(mut buf)) => {
+                        comm.all_reduce(&mut buf, ReduceOp::Sum).map(|()| Buf::Host(buf))
+                    }
+                    Job::AllReduce(Buf::Device(t)) => all_reduce_tensor(comm.as_mut(), &t).map(|()| Buf::Device(t)),
+                    Job::Broadcast(mut buf, root) => comm.broadcast(&mut buf, root).map(|()| Buf::Host(buf)),
                 };
                 let failed = r.is_err();
                 if reply_tx.send(r).is_err() || failed {
@@ -356,6 +418,15 @@ fn spawn_comm_thread(mut comm: Box<dyn Communicator>) -> Result<(Sender<Job>, Re
         })
         .map_err(|e| Error::invalid("DataParallel", format!("cannot start the communication thread: {e}")))?;
     Ok((jobs, replies))
+}
+
+/// Sums the bucket tensor `t` (a whole f32 buffer on a GPU) over ranks, in place.
+fn all_reduce_tensor(comm: &mut dyn Communicator, t: &Tensor) -> Result<()> {
+    let mut storage = t.storage_mut();
+    match &mut *storage {
+        Storage::Cuda(s) => comm.all_reduce_device(s, ReduceOp::Sum),
+        Storage::Cpu(_) => Err(Error::invalid("DataParallel", "internal: a device bucket in host memory")),
+    }
 }
 
 /// `out = scale × t`, in row-major order.

@@ -2,7 +2,9 @@
 //! shard of each batch, and the ranks sum their gradients with an all-reduce before taking
 //! the same optimizer step.
 //!
-//! - [`Communicator`]: the collectives (all-reduce, broadcast, barrier) on host `f32` buffers.
+//! - [`Communicator`]: the collectives (all-reduce, broadcast, barrier) on host `f32` buffers,
+//!   and the all-reduce of a buffer in GPU memory (NCCL reduces it where it is; the host
+//!   transports download and upload it once per call).
 //! - [`ring`]: the ring algorithm (reduce-scatter then all-gather) over any [`ring::Link`];
 //!   [`threads`] gives links between worker threads of one process, [`tcp`] between
 //!   processes on one or several hosts (what Gloo is to PyTorch).
@@ -28,7 +30,8 @@ pub use data_parallel::{DataParallel, DEFAULT_BUCKET_BYTES};
 pub use rendezvous::DistEnv;
 pub use threads::{run_workers, thread_group};
 
-use crate::Result;
+use crate::backend::cuda::storage::CudaStorage;
+use crate::{DType, Error, Layout, Result};
 use std::time::Duration;
 
 /// How an all-reduce combines the ranks' buffers.
@@ -49,10 +52,31 @@ pub trait Communicator: Send {
     fn backend(&self) -> &'static str;
     /// Combines `buf` across all ranks, in place; afterwards every rank holds the same bits.
     fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()>;
+    /// [`Communicator::all_reduce`] of an f32 buffer in device memory, ordered after
+    /// everything queued on its device before the call and before everything queued after
+    /// it. This default goes through the host (one download and one upload); NCCL
+    /// overrides it to reduce on the GPU without a host sync.
+    fn all_reduce_device(&mut self, buf: &mut CudaStorage, op: ReduceOp) -> Result<()> {
+        all_reduce_through_host(self, buf, op)
+    }
     /// Copies `root`'s `buf` into every other rank's `buf`.
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()>;
     /// Returns once every rank has entered it.
     fn barrier(&mut self) -> Result<()>;
+}
+
+/// [`Communicator::all_reduce_device`] by way of the host: download, all-reduce, upload.
+pub fn all_reduce_through_host<C: Communicator + ?Sized>(
+    comm: &mut C,
+    buf: &mut CudaStorage,
+    op: ReduceOp,
+) -> Result<()> {
+    if buf.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op: "all_reduce", dtype: buf.dtype(), msg: "gradients travel as f32" });
+    }
+    let mut host = buf.to_cpu()?.to_vec::<f32>(&Layout::contiguous(vec![buf.len()].into()));
+    comm.all_reduce(&mut host, op)?;
+    buf.write_f32(0, &host)
 }
 
 /// How long a rank waits for a peer before it gives up (rendezvous and each receive).

@@ -3,16 +3,25 @@
 //! (`kiln launch`, ncclCommInitRank with the unique id that rank 0 makes and hands out
 //! through the rendezvous).
 //!
-//! Until Kiln's tensors can live on the GPU, the collectives take host buffers and stage
-//! them through a device buffer kept between calls; the NCCL calls themselves are the real
-//! ones. Nothing here touches cudarc before the probe has found the driver and libnccl, so
-//! a machine without them gets an `Err`, never a panic.
+//! Gradients on the GPU (`all_reduce_device`, what `DataParallel` uses for CUDA models) are
+//! reduced where they are, on this communicator's own stream, ordered against Kiln's
+//! device stream (the legacy default stream, see cuda/device.rs) by events both ways: the
+//! reduction starts once the gradients staged before the call are written, and everything
+//! queued on the device after the call waits for it. No host sync, and backward's kernels
+//! for earlier layers run while NCCL reduces the later ones. `KILN_NCCL_THROUGH_HOST=1`
+//! takes the host path instead (a download and an upload per bucket), a fallback to rule
+//! out the device path when something looks wrong.
+//!
+//! The host-buffer collectives (broadcast of the parameters, metrics) stage through a
+//! device buffer kept between calls. Nothing here touches cudarc before the probe has found
+//! the driver and libnccl, so a machine without them gets an `Err`, never a panic.
 
 use super::rendezvous::{self, DistEnv};
-use super::{Communicator, ReduceOp};
+use super::{all_reduce_through_host, Communicator, ReduceOp};
 use crate::backend::cuda::probe;
-use crate::{Device, DistErrorKind, Error, Result};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use crate::backend::cuda::storage::CudaStorage;
+use crate::{DType, Device, DistErrorKind, Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceSlice, SyncOnDrop};
 use cudarc::nccl::{Comm, Id};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +139,34 @@ impl NcclComm {
     }
 }
 
+/// An f32 buffer of Kiln's caching allocator as cudarc's NCCL calls take one. cudarc's own
+/// slices track their reads and writes with events on their stream; Kiln's buffers are
+/// ordered by the explicit events in `all_reduce_device`, so this adds none.
+struct RawF32<'a> {
+    ptr: u64,
+    len: usize,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl DeviceSlice<f32> for RawF32<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.stream
+    }
+}
+
+impl DevicePtrMut<f32> for RawF32<'_> {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr as sys::CUdeviceptr, SyncOnDrop::Sync(None))
+    }
+}
+
+fn through_host() -> bool {
+    std::env::var("KILN_NCCL_THROUGH_HOST").is_ok_and(|v| v == "1")
+}
+
 impl Communicator for NcclComm {
     fn rank(&self) -> usize {
         self.comm.rank()
@@ -153,6 +190,46 @@ impl Communicator for NcclComm {
             self.comm.all_reduce_in_place(&mut view, &nop).map_err(|e| nccl_err(rank, "ncclAllReduce", e))?;
         }
         self.unstage(dev, buf)
+    }
+
+    fn all_reduce_device(&mut self, buf: &mut CudaStorage, op: ReduceOp) -> Result<()> {
+        let (rank, ordinal) = (self.rank(), self.comm.ordinal());
+        if through_host() {
+            return all_reduce_through_host(self, buf, op);
+        }
+        if buf.device() != Device::Cuda(ordinal) {
+            return Err(Error::DeviceMismatch { op: "nccl all_reduce", lhs: Device::Cuda(ordinal), rhs: buf.device() });
+        }
+        if buf.dtype() != DType::F32 {
+            return Err(Error::UnsupportedDType {
+                op: "nccl all_reduce",
+                dtype: buf.dtype(),
+                msg: "gradients travel as f32",
+            });
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.stream.context().clone();
+        // This thread (DataParallel's communication thread) may never have used the GPU.
+        ctx.bind_to_thread().map_err(|e| cuda_err(ordinal, e))?;
+        // Kiln queues everything on the legacy default stream of the device's primary
+        // context, which is also this communicator's context (CudaContext::new retains the
+        // primary context).
+        let kiln_stream = ctx.default_stream();
+        let staged = kiln_stream.record_event(None).map_err(|e| cuda_err(ordinal, e))?;
+        self.stream.wait(&staged).map_err(|e| cuda_err(ordinal, e))?;
+        let nop = match op {
+            ReduceOp::Sum => cudarc::nccl::ReduceOp::Sum,
+            ReduceOp::Mean => cudarc::nccl::ReduceOp::Avg,
+        };
+        let mut raw = RawF32 { ptr: buf.ptr(), len: buf.len(), stream: &self.stream };
+        self.comm.all_reduce_in_place(&mut raw, &nop).map_err(|e| nccl_err(rank, "ncclAllReduce", e))?;
+        // Whatever Kiln queues next (copying the sums out, freeing the buffer for reuse by
+        // the caching allocator, which reuses memory in its stream's order) waits for NCCL.
+        let reduced = self.stream.record_event(None).map_err(|e| cuda_err(ordinal, e))?;
+        kiln_stream.wait(&reduced).map_err(|e| cuda_err(ordinal, e))?;
+        Ok(())
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {

@@ -261,7 +261,9 @@ fn thread_group_of_one_needs_no_peers() {
 }
 
 /// NCCL: without a GPU (CI), a clean error and no panic; with GPUs, a real all-reduce over
-/// all of them in this process, checked against the plain sum.
+/// all of them in this process, checked against the plain sum: of host buffers, and of
+/// gradients in GPU memory through `DataParallel` (NCCL on the device, ordered by events
+/// against Kiln's stream).
 #[test]
 fn nccl_all_reduce_or_a_clean_error() {
     let gpus = kiln::backend::cuda::device_count();
@@ -272,20 +274,36 @@ fn nccl_all_reduce_or_a_clean_error() {
     }
     let comms = kiln::dist::nccl::NcclComm::for_devices(&(0..gpus).collect::<Vec<_>>()).unwrap();
     let (per_rank, sum) = inputs(5, gpus, 100_003);
-    let results: Vec<Vec<f32>> = std::thread::scope(|s| {
+    let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
         let hs: Vec<_> = comms
             .into_iter()
             .enumerate()
             .map(|(rank, mut comm)| {
                 let mut buf = per_rank[rank].clone();
+                let device = kiln::Device::Cuda(rank);
+                let grad = per_rank[rank].clone();
                 s.spawn(move || {
                     comm.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
                     comm.barrier().unwrap();
-                    buf
+                    // A parameter whose gradient is this rank's input: loss = Σ p·c.
+                    let n = grad.len();
+                    let c = kiln::Tensor::from_vec(grad, [n], device).unwrap();
+                    let p = kiln::Tensor::zeros([c.elem_count()], kiln::DType::F32, device).unwrap();
+                    p.set_requires_grad(true).unwrap();
+                    let mut dp = kiln::dist::DataParallel::new(Box::new(comm), vec![p.clone()], 1 << 20).unwrap();
+                    assert!(dp.buckets_on_device());
+                    dp.begin_backward(1.0).unwrap();
+                    p.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+                    dp.finish_gradients().unwrap();
+                    let g = p.grad().unwrap();
+                    assert_eq!(g.device(), device);
+                    (buf, g.to_vec::<f32>().unwrap())
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
     });
-    check_all_reduce(&results, &sum, 1.0, &format!("nccl, {gpus} GPU(s)"));
+    let (host, device): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    check_all_reduce(&host, &sum, 1.0, &format!("nccl, {gpus} GPU(s)"));
+    check_all_reduce(&device, &sum, 1.0, &format!("nccl on device buffers, {gpus} GPU(s)"));
 }

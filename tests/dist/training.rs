@@ -16,16 +16,24 @@ const FEATURES: usize = 12;
 const CLASSES: usize = 5;
 
 fn dataset() -> Arc<TensorDataset> {
-    let x = Tensor::from_vec(random_f32(7, SAMPLES * FEATURES), [SAMPLES, FEATURES], Device::Cpu).unwrap();
+    dataset_on(Device::Cpu)
+}
+
+fn dataset_on(device: Device) -> Arc<TensorDataset> {
+    let x = Tensor::from_vec(random_f32(7, SAMPLES * FEATURES), [SAMPLES, FEATURES], device).unwrap();
     let y: Vec<i64> = random_f32(8, SAMPLES).iter().map(|v| ((v + 1.0) * 2.5) as i64 % CLASSES as i64).collect();
-    Arc::new(TensorDataset::new(x, Tensor::from_vec(y, [SAMPLES], Device::Cpu).unwrap()).unwrap())
+    Arc::new(TensorDataset::new(x, Tensor::from_vec(y, [SAMPLES], device).unwrap()).unwrap())
 }
 
 fn model() -> Sequential {
+    model_on(Device::Cpu)
+}
+
+fn model_on(device: Device) -> Sequential {
     Sequential::new()
-        .add(Linear::new(FEATURES, 16, true, Device::Cpu).unwrap())
+        .add(Linear::new(FEATURES, 16, true, device).unwrap())
         .add(Relu)
-        .add(Linear::new(16, CLASSES, true, Device::Cpu).unwrap())
+        .add(Linear::new(16, CLASSES, true, device).unwrap())
 }
 
 fn optimizer(kind: &str, params: Vec<Tensor>) -> Box<dyn Optimizer> {
@@ -38,13 +46,24 @@ fn optimizer(kind: &str, params: Vec<Tensor>) -> Box<dyn Optimizer> {
 /// Trains 2 epochs with batch `batch` (the global batch) as rank `rank` of `dp`'s world, or
 /// alone without `dp`; returns the parameters. Every rank starts from a different
 /// initialisation (seed + rank), so agreeing at the end also proves the broadcast.
-fn train(kind: &str, batch: usize, rank: usize, mut dp: Option<DataParallel>, model: &Sequential) -> Vec<Vec<f32>> {
+fn train(kind: &str, batch: usize, rank: usize, dp: Option<DataParallel>, model: &Sequential) -> Vec<Vec<f32>> {
+    train_on(dataset(), kind, batch, rank, dp, model)
+}
+
+fn train_on(
+    data: Arc<TensorDataset>,
+    kind: &str,
+    batch: usize,
+    rank: usize,
+    mut dp: Option<DataParallel>,
+    model: &Sequential,
+) -> Vec<Vec<f32>> {
     let mut opt = optimizer(kind, model.parameters());
     let world = dp.as_ref().map(|d| d.world_size()).unwrap_or(1);
     if let Some(d) = dp.as_mut() {
         d.broadcast_parameters().unwrap();
     }
-    let loader = DataLoader::new(dataset(), batch, true).with_seed(3).with_shard(rank, world);
+    let loader = DataLoader::new(data, batch, true).with_seed(3).with_shard(rank, world);
     let mut step = 0;
     for epoch in 1..=2 {
         let hooks = EpochHooks { cfg: LoopConfig::default(), dist: dp.as_mut(), ..Default::default() };
@@ -81,6 +100,36 @@ fn n_workers_train_to_the_parameters_of_one_with_the_combined_batch() {
             // And training did move the parameters (the comparison is not between two inits).
             let init = kiln::rng::scoped(11, || model().parameters()[0].to_vec::<f32>().unwrap());
             assert!(init.iter().zip(&one[0]).any(|(a, b)| (a - b).abs() > 1e-3), "{kind}: nothing trained");
+        }
+    }
+}
+
+/// The same on a GPU (the emulated device runs the same device code): gradient buckets in
+/// device memory, several steps (the buckets are reused), Adam's fused kernel on the summed
+/// gradients; the oracle is one CPU process with the combined batch. (Adam only: the
+/// emulated device takes ~1 s a step.)
+#[test]
+fn workers_on_a_device_train_to_the_parameters_of_one_cpu_process() {
+    let device = Device::CudaEmulated;
+    let (n, per_worker) = (2, 16);
+    for kind in ["adam"] {
+        let one = kiln::rng::scoped(11, || train(kind, n * per_worker, 0, None, &model()));
+        let results = run_workers(n, Duration::from_secs(60), move |rank, comm| {
+            kiln::rng::scoped(11 + rank as u64, || {
+                let m = model_on(device);
+                let dp = DataParallel::new(comm, m.parameters(), 300)?;
+                assert!(dp.buckets_on_device() && dp.bucket_count() > 1);
+                Ok(train_on(dataset_on(device), kind, n * per_worker, rank, Some(dp), &m))
+            })
+        })
+        .unwrap();
+        for (rank, params) in results.iter().enumerate() {
+            for (i, (got, want)) in params.iter().zip(&one).enumerate() {
+                let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(diff <= 1e-5, "{kind} on {device}, rank {rank}, parameter {i}: max |diff| {diff}");
+                let same = got.iter().zip(&results[0][i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kind} on {device}: rank {rank} drifted from rank 0 (parameter {i})");
+            }
         }
     }
 }
@@ -155,31 +204,33 @@ fn devices_without_a_gpu_is_a_clear_error() {
 }
 
 /// Three Linear layers: the first layer's gradients are the last that backward computes.
-fn deep_model() -> Sequential {
+fn deep_model(device: Device) -> Sequential {
     Sequential::new()
-        .add(Linear::new(FEATURES, 16, true, Device::Cpu).unwrap())
+        .add(Linear::new(FEATURES, 16, true, device).unwrap())
         .add(Relu)
-        .add(Linear::new(16, 16, true, Device::Cpu).unwrap())
+        .add(Linear::new(16, 16, true, device).unwrap())
         .add(Relu)
-        .add(Linear::new(16, CLASSES, true, Device::Cpu).unwrap())
+        .add(Linear::new(16, CLASSES, true, device).unwrap())
 }
 
-/// One step on `rank`'s half of a fixed batch of 32: loss, backward, gradients summed over
-/// 2 ranks, either overlapped (hooks armed before backward) or after backward. Returns the
-/// summed gradients and how many buckets were out when the first layer's weight got its
-/// gradient.
+/// One step on `rank`'s half of a fixed batch of 32 on `device`: loss, backward, gradients
+/// summed over 2 ranks, either overlapped (hooks armed before backward) or after backward.
+/// Returns the summed gradients and how many buckets were out when the first layer's weight
+/// got its gradient.
 fn one_step(
     rank: usize,
     comm: Box<dyn kiln::dist::Communicator>,
     overlap: bool,
+    device: Device,
 ) -> kiln::Result<(Vec<Vec<f32>>, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let m = kiln::rng::scoped(5, deep_model);
+    let m = kiln::rng::scoped(5, || deep_model(device));
     let params = m.parameters();
     // One bucket per parameter (6), the last layer's first.
     let dp = Arc::new(Mutex::new(DataParallel::new(comm, params.clone(), 1)?));
     assert_eq!(dp.lock().unwrap().bucket_count(), 6);
+    assert_eq!(dp.lock().unwrap().buckets_on_device(), device != Device::Cpu);
     let out_then = Arc::new(AtomicUsize::new(usize::MAX));
     let (d, o) = (Arc::clone(&dp), Arc::clone(&out_then));
     // Registered after DataParallel's own hook, so it runs after that one on this parameter.
@@ -189,23 +240,46 @@ fn one_step(
     })?;
     let data = dataset();
     let batch = kiln::data::Dataset::get_batch(data.as_ref(), &(rank * 16..rank * 16 + 16).collect::<Vec<_>>())?;
+    let (inputs, targets) = (batch.inputs.to_device(device)?, batch.targets.to_device(device)?);
     if overlap {
         dp.lock().unwrap().begin_backward(0.5)?;
     }
-    m.forward(&batch.inputs)?.cross_entropy(&batch.targets, 0.0)?.backward()?;
+    m.forward(&inputs)?.cross_entropy(&targets, 0.0)?.backward()?;
     if overlap {
         dp.lock().unwrap().finish_gradients()?;
     } else {
         dp.lock().unwrap().all_reduce_gradients(0.5)?;
     }
-    let grads = params.iter().map(|p| p.grad().expect("a gradient").to_vec::<f32>()).collect::<kiln::Result<_>>()?;
+    let grads = params.iter().map(|p| p.grad().expect("a gradient")).collect::<Vec<_>>();
+    for g in &grads {
+        assert_eq!(g.device(), device, "the summed gradient is on the model's device");
+    }
+    let grads = grads.iter().map(|g| g.to_vec::<f32>()).collect::<kiln::Result<_>>()?;
     Ok((grads, out_then.load(Ordering::SeqCst)))
+}
+
+/// The mean-loss gradients of the whole batch of 32 in one process on the CPU: the oracle
+/// for the ranks' sums.
+fn whole_batch_gradients() -> Vec<Vec<f32>> {
+    let m = kiln::rng::scoped(5, || deep_model(Device::Cpu));
+    let data = dataset();
+    let batch = kiln::data::Dataset::get_batch(data.as_ref(), &(0..32).collect::<Vec<_>>()).unwrap();
+    m.forward(&batch.inputs).unwrap().cross_entropy(&batch.targets, 0.0).unwrap().backward().unwrap();
+    m.parameters().iter().map(|p| p.grad().unwrap().to_vec::<f32>().unwrap()).collect()
+}
+
+fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= tol, "{what}, parameter {i}: max |diff| {diff}");
+    }
 }
 
 #[test]
 fn gradient_buckets_go_out_while_backward_runs() {
-    let run =
-        |overlap| run_workers(2, Duration::from_secs(30), move |rank, comm| one_step(rank, comm, overlap)).unwrap();
+    let run = |overlap| {
+        run_workers(2, Duration::from_secs(30), move |rank, comm| one_step(rank, comm, overlap, Device::Cpu)).unwrap()
+    };
     let (overlapped, after) = (run(true), run(false));
     for rank in 0..2 {
         // Overlapped: when the first layer's weight got its gradient, the buckets of the two
@@ -218,14 +292,27 @@ fn gradient_buckets_go_out_while_backward_runs() {
         }
     }
     // And the sums are the mean gradient of the whole batch of 32, computed in one process.
-    let m = kiln::rng::scoped(5, deep_model);
-    let data = dataset();
-    let batch = kiln::data::Dataset::get_batch(data.as_ref(), &(0..32).collect::<Vec<_>>()).unwrap();
-    m.forward(&batch.inputs).unwrap().cross_entropy(&batch.targets, 0.0).unwrap().backward().unwrap();
-    for (i, (p, got)) in m.parameters().iter().zip(&after[0].0).enumerate() {
-        let want = p.grad().unwrap().to_vec::<f32>().unwrap();
-        let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(diff <= 1e-6, "parameter {i}: max |diff| {diff}");
+    assert_close(&after[0].0, &whole_batch_gradients(), 1e-6, "CPU buckets");
+}
+
+/// A model on a GPU (here the emulated device, which runs the same device code) keeps its
+/// buckets in device memory; the host transport reduces them, and the sums are the whole
+/// batch's gradient on the CPU.
+#[test]
+fn gradient_buckets_on_a_device_sum_like_one_cpu_process() {
+    let device = Device::CudaEmulated;
+    let run = |overlap| {
+        run_workers(2, Duration::from_secs(60), move |rank, comm| one_step(rank, comm, overlap, device)).unwrap()
+    };
+    let (overlapped, after) = (run(true), run(false));
+    let want = whole_batch_gradients();
+    for rank in 0..2 {
+        assert!(overlapped[rank].1 >= 4, "rank {rank}: {} buckets out", overlapped[rank].1);
+        assert_close(&overlapped[rank].0, &want, 1e-5, &format!("device buckets, overlapped, rank {rank}"));
+        assert_close(&after[rank].0, &want, 1e-5, &format!("device buckets, after backward, rank {rank}"));
+        for (i, (a, b)) in overlapped[rank].0.iter().zip(&overlapped[0].0).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "rank {rank} drifted, parameter {i}");
+        }
     }
 }
 
