@@ -7,6 +7,10 @@
 //   would leave the GPU idle at one block per channel.
 // - channel_affine: out = a[ch] * u + b[ch] * v + d[ch] (v may be null: then b is unused):
 //   the normalisation forward (u = x) and the input gradient backward (u = dy, v = x).
+// - bn_coeffs: the per-channel [c] arithmetic between those passes, one thread per channel
+//   (was 7 forward and 8 backward elementwise launches on [c] vectors per layer per step).
+// - bn_running: running_mean / running_var / num_batches_tracked updated in place, one
+//   thread per channel (was 12 launches per layer per step).
 // Work split: 256 threads per block; channel_sums' blockDim.x must be a multiple of 32.
 #include "prelude.cuh"
 #include "strided.cuh"
@@ -25,8 +29,10 @@ __device__ __forceinline__ float kiln_block_sum(float v, float* warp_acc) {
     return v;
 }
 
-// mode 0: sum x; 1: sum (x - mean)^2; 2: sum dy (part0) and sum dy * (x - mean) * rstd (part1).
-KILN_KERNEL void channel_sums_f32(int64_t n, int64_t c, int64_t s, int32_t mode, const float* __restrict__ x,
+// mode 0: sum x; 1: sum (x - mean)^2 with mean[ch] = sum[ch] * inv_count (`mean` holds the sums);
+// 2: sum dy (part0) and sum dy * (x - mean) * rstd (part1).
+KILN_KERNEL void channel_sums_f32(int64_t n, int64_t c, int64_t s, int32_t mode, float inv_count,
+                                  const float* __restrict__ x,
                                   const float* __restrict__ dy, const float* __restrict__ mean,
                                   const float* __restrict__ rstd, float* __restrict__ part0,
                                   float* __restrict__ part1) {
@@ -35,7 +41,7 @@ KILN_KERNEL void channel_sums_f32(int64_t n, int64_t c, int64_t s, int32_t mode,
     const int64_t per = (count + pieces - 1) / pieces;
     const int64_t begin = per * blockIdx.y;
     const int64_t end = begin + per < count ? begin + per : count;
-    const float m = mode > 0 ? mean[ch] : 0.0f;
+    const float m = mode == 1 ? mean[ch] * inv_count : mode == 2 ? mean[ch] : 0.0f;
     const float r = mode == 2 ? rstd[ch] : 0.0f;
     float acc0 = 0.0f, acc1 = 0.0f;
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
@@ -73,3 +79,50 @@ KILN_KERNEL void KILN_FULL_OCCUPANCY channel_affine_f32(int64_t total, int64_t c
     }
 }
 KILN_REGISTER(channel_affine_f32);
+
+// mode 0 (forward), from in0 = weight, in1 = bias, in2 = Σx, in3 = Σ(x - mean)²:
+//   out0 = mean = Σx·inv_count, out1 = var = in3·inv_count, out2 = rstd = 1/sqrt(var + eps),
+//   out3 = a = weight·rstd, out4 = shift = bias - mean·a (y = a·x + shift).
+// mode 1 (backward), from in0 = weight, in1 = rstd, in2 = mean, in3 = Σdy, in4 = Σdy·x̂:
+//   out0 = A = weight·rstd, out1 = B = -A·rstd·Σdy·x̂·inv_count,
+//   out2 = D = -A·Σdy·inv_count - B·mean (dx = A·dy + B·x + D).
+// The same f32 operations in the same order as src/backend/cpu/norm.rs's bn_coeffs.
+KILN_KERNEL void bn_coeffs_f32(int64_t c, int32_t mode, float inv_count, float eps, const float* __restrict__ in0,
+                               const float* __restrict__ in1, const float* __restrict__ in2,
+                               const float* __restrict__ in3, const float* __restrict__ in4,
+                               float* __restrict__ out0, float* __restrict__ out1, float* __restrict__ out2,
+                               float* __restrict__ out3, float* __restrict__ out4) {
+    KILN_FOR_EACH(ch, c) {
+        if (mode == 0) {
+            const float mean = in2[ch] * inv_count;
+            const float var = in3[ch] * inv_count;
+            const float rstd = 1.0f / sqrtf(var + eps);
+            const float a = in0[ch] * rstd;
+            out0[ch] = mean;
+            out1[ch] = var;
+            out2[ch] = rstd;
+            out3[ch] = a;
+            out4[ch] = in1[ch] - mean * a;
+        } else {
+            const float a = in0[ch] * in1[ch];
+            const float b = -(a * in1[ch] * in4[ch] * inv_count);
+            out0[ch] = a;
+            out1[ch] = b;
+            out2[ch] = -(a * in3[ch] * inv_count) - b * in2[ch];
+        }
+    }
+}
+KILN_REGISTER(bn_coeffs_f32);
+
+// running = keep·running + momentum·batch statistic (var scaled by unbias = n/(n-1));
+// counter (I64, may be null) += 1 by thread 0.
+KILN_KERNEL void bn_running_f32(int64_t c, float keep, float momentum, float unbias, const float* __restrict__ mean,
+                                const float* __restrict__ var, float* __restrict__ running_mean,
+                                float* __restrict__ running_var, int64_t* __restrict__ counter) {
+    KILN_FOR_EACH(ch, c) {
+        running_mean[ch] = keep * running_mean[ch] + momentum * mean[ch];
+        running_var[ch] = keep * running_var[ch] + momentum * (var[ch] * unbias);
+        if (ch == 0 && counter) *counter += 1;
+    }
+}
+KILN_REGISTER(bn_running_f32);

@@ -8,7 +8,7 @@ mod ops;
 
 pub use cpu::{ConvGeom, CpuStorage, Epilogue};
 pub(crate) use ops::merge_dims;
-pub use ops::{AdamStep, BinaryOp, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
+pub use ops::{AdamStep, BinaryOp, BnCoeffs, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Error, Layout, Result};
 use cuda::storage::{self as cu, on_cpu, upload, CudaStorage};
@@ -80,6 +80,22 @@ fn check_ncs(op: &'static str, d: NcsDims, x: &Storage, operands: &[(&Storage, u
         }
         if s.len() < need {
             return Err(Error::invalid(op, format!("an operand of {} elements where {d:?} needs {need}", s.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel vectors of batch norm: F32, at least `c` (> 0) elements each.
+fn check_channel_vectors(op: &'static str, c: usize, vs: &[&Storage]) -> Result<()> {
+    if c == 0 {
+        return Err(Error::invalid(op, "no channels"));
+    }
+    for s in vs {
+        if s.dtype() != DType::F32 {
+            return Err(Error::UnsupportedDType { op, dtype: s.dtype(), msg: "the fused batch norm takes F32" });
+        }
+        if s.len() < c {
+            return Err(Error::invalid(op, format!("a per-channel vector of {} elements for {c} channels", s.len())));
         }
     }
     Ok(())
@@ -433,6 +449,69 @@ impl Storage {
                 let v = v.map(c).transpose()?;
                 cuda::norm::channel_affine(u, v, d, (c(a)?, c(b)?, c(dd)?)).map(Storage::Cuda)
             }
+        }
+    }
+    /// Batch norm's per-channel arithmetic on F32 [c] vectors (see [`BnCoeffs`]): 4 or 3 new
+    /// F32 [c] vectors.
+    pub fn bn_coeffs(c: usize, what: BnCoeffs<&Storage>) -> Result<Vec<Storage>> {
+        let _p = crate::profile::scope("bn_coeffs");
+        let ins = what.inputs();
+        check_channel_vectors("bn_coeffs", c, &ins)?;
+        match ins[0] {
+            Storage::Cpu(_) => {
+                let what = what.try_map(|s| cpu_storage("bn_coeffs", s))?;
+                Ok(cpu::bn_coeffs(c, what)?.into_iter().map(Storage::Cpu).collect())
+            }
+            Storage::Cuda(first) => {
+                let dev = first.device();
+                let what = what.try_map(|s| cuda_storage_for("bn_coeffs", dev, s))?;
+                Ok(cuda::norm::bn_coeffs(c, what)?.into_iter().map(Storage::Cuda).collect())
+            }
+        }
+    }
+    /// BatchNorm's running statistics, in place: `self` (running_mean) and `running_var` ←
+    /// (1 - momentum)·running + momentum·(mean, var·unbias), all F32 [c]; `counter`
+    /// (num_batches_tracked, one I64) += 1.
+    pub fn bn_running(
+        &mut self,
+        running_var: &mut Storage,
+        counter: Option<&mut Storage>,
+        (mean, var): (&Storage, &Storage),
+        (momentum, unbias): (f64, f64),
+        c: usize,
+    ) -> Result<()> {
+        let _p = crate::profile::scope("bn_running");
+        check_channel_vectors("bn_running", c, &[&*self, &*running_var, mean, var])?;
+        if let Some(n) = counter.as_deref() {
+            if n.dtype() != DType::I64 || n.len() != 1 {
+                return Err(Error::invalid(
+                    "bn_running",
+                    format!("the counter is {} {:?} (want one I64)", n.len(), n.dtype()),
+                ));
+            }
+        }
+        let coeffs = ((1.0 - momentum) as f32, momentum as f32, unbias as f32);
+        let dev = self.device();
+        match (self, running_var, counter) {
+            (Storage::Cpu(rm), Storage::Cpu(rv), n) => {
+                let n = match n {
+                    Some(Storage::Cpu(n)) => Some(n),
+                    Some(other) => return Err(mixed("bn_running", Device::Cpu, other.device())),
+                    None => None,
+                };
+                let (m, v) = (cpu_storage("bn_running", mean)?, cpu_storage("bn_running", var)?);
+                cpu::bn_running(rm, rv, n, m, v, coeffs, c)
+            }
+            (Storage::Cuda(rm), Storage::Cuda(rv), n) if rv.device() == dev => {
+                let n = match n {
+                    Some(Storage::Cuda(n)) if n.device() == dev => Some(n),
+                    Some(other) => return Err(mixed("bn_running", dev, other.device())),
+                    None => None,
+                };
+                let (m, v) = (cuda_storage_for("bn_running", dev, mean)?, cuda_storage_for("bn_running", dev, var)?);
+                cuda::norm::bn_running((rm, rv), n, (m, v), coeffs, c)
+            }
+            (_, rv, _) => Err(mixed("bn_running", dev, rv.device())),
         }
     }
     pub fn softmax_last_dim(&self, l: &Layout, log: bool) -> Result<Storage> {

@@ -190,14 +190,59 @@ pub struct NcsDims {
     pub s: usize,
 }
 
+/// Batch norm's per-channel arithmetic between its passes, on F32 [c] vectors, in one pass
+/// (one launch on a GPU; kernels/norm.cu `bn_coeffs_f32` has the formulas). `S` is the
+/// operands' storage type.
+#[derive(Debug, Clone, Copy)]
+pub enum BnCoeffs<S> {
+    /// (mean, var, rstd, a, shift) from weight, bias, Σx and Σ(x - mean)²: y = a·x + shift.
+    Forward { weight: S, bias: S, sum: S, sq: S, inv_count: f32, eps: f32 },
+    /// (A, B, D) from weight, rstd, mean, Σdy and Σdy·x̂: dx = A·dy + B·x + D.
+    Backward { weight: S, rstd: S, mean: S, sdy: S, sdyx: S, inv_count: f32 },
+}
+
+impl<S: Copy> BnCoeffs<S> {
+    /// The [c] inputs, in the kernel's order (in0..).
+    pub fn inputs(&self) -> Vec<S> {
+        match *self {
+            BnCoeffs::Forward { weight, bias, sum, sq, .. } => vec![weight, bias, sum, sq],
+            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, .. } => vec![weight, rstd, mean, sdy, sdyx],
+        }
+    }
+    /// How many [c] vectors it gives.
+    pub fn outputs(&self) -> usize {
+        match self {
+            BnCoeffs::Forward { .. } => 5,
+            BnCoeffs::Backward { .. } => 3,
+        }
+    }
+    /// The same request over other operands.
+    pub fn try_map<T>(self, mut f: impl FnMut(S) -> crate::Result<T>) -> crate::Result<BnCoeffs<T>> {
+        Ok(match self {
+            BnCoeffs::Forward { weight, bias, sum, sq, inv_count, eps } => {
+                BnCoeffs::Forward { weight: f(weight)?, bias: f(bias)?, sum: f(sum)?, sq: f(sq)?, inv_count, eps }
+            }
+            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, inv_count } => BnCoeffs::Backward {
+                weight: f(weight)?,
+                rstd: f(rstd)?,
+                mean: f(mean)?,
+                sdy: f(sdy)?,
+                sdyx: f(sdyx)?,
+                inv_count,
+            },
+        })
+    }
+}
+
 /// What `channel_sums` adds up per channel of x; `S` is the operands' storage type (all
 /// contiguous F32: mean and rstd [c], dy like x).
 #[derive(Debug, Clone, Copy)]
 pub enum ChannelSums<S> {
     /// Σ x.
     Values,
-    /// Σ (x - mean)².
-    SquaredDeviations { mean: S },
+    /// Σ (x - mean)² with mean = sum·inv_count, the f32 product (so the kernel needs no
+    /// separate launch to make the mean; `bn_coeffs` makes the same product).
+    SquaredDeviations { sum: S, inv_count: f32 },
     /// Σ dy and Σ dy · (x - mean) · rstd: batch norm's bias and weight gradients.
     Gradients { dy: S, mean: S, rstd: S },
 }
@@ -207,7 +252,9 @@ impl<S: Copy> ChannelSums<S> {
     pub fn try_map<T>(self, mut f: impl FnMut(S) -> crate::Result<T>) -> crate::Result<ChannelSums<T>> {
         Ok(match self {
             ChannelSums::Values => ChannelSums::Values,
-            ChannelSums::SquaredDeviations { mean } => ChannelSums::SquaredDeviations { mean: f(mean)? },
+            ChannelSums::SquaredDeviations { sum, inv_count } => {
+                ChannelSums::SquaredDeviations { sum: f(sum)?, inv_count }
+            }
             ChannelSums::Gradients { dy, mean, rstd } => {
                 ChannelSums::Gradients { dy: f(dy)?, mean: f(mean)?, rstd: f(rstd)? }
             }
@@ -217,7 +264,7 @@ impl<S: Copy> ChannelSums<S> {
     pub fn operands(&self, d: NcsDims) -> Vec<(S, usize)> {
         match *self {
             ChannelSums::Values => vec![],
-            ChannelSums::SquaredDeviations { mean } => vec![(mean, d.c)],
+            ChannelSums::SquaredDeviations { sum, .. } => vec![(sum, d.c)],
             ChannelSums::Gradients { dy, mean, rstd } => vec![(dy, d.n * d.c * d.s), (mean, d.c), (rstd, d.c)],
         }
     }

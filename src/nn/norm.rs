@@ -74,7 +74,19 @@ impl Module for BatchNorm {
             } else {
                 (None, x.mean(&dims, true)?, x.var(&dims, false, true)?)
             };
+            let running = (&self.running_mean, &self.running_var);
+            let updated = crate::ops::norm::update_running_stats(
+                running,
+                &self.num_batches_tracked,
+                (&mean.reshape([c])?, &var.reshape([c])?),
+                self.momentum,
+                n,
+            )?;
+            // Composed from tensor ops when the statistics are not F32 (other dtypes).
             no_grad(|| -> Result<()> {
+                if updated {
+                    return Ok(());
+                }
                 let m = self.momentum;
                 let bm = mean.reshape([c])?;
                 let bv = var.reshape([c])?.mul_scalar(n as f64 / (n as f64 - 1.0))?;

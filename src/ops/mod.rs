@@ -6,7 +6,7 @@ mod dropout;
 mod elementwise;
 mod index;
 mod matmul;
-mod norm;
+pub(crate) mod norm;
 mod pool;
 mod reduce;
 mod softmax;

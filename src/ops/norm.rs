@@ -2,9 +2,12 @@
 //! then the squared deviations from it) and one affine map, and backward one pass for the
 //! gradient sums and one affine map for the input gradient. Composed from tensor ops it was
 //! ~35 full-size ops and their temporaries per layer (on an H100 ResNet-18's BatchNorms
-//! were ~700 launches and about 40% of the step).
+//! were ~700 launches and about 40% of the step). The per-channel [c] arithmetic between the
+//! passes is one op each way too (`bn_coeffs`: it was 7 small launches forward and 8
+//! backward per layer, which left the GPU step bound by the host's launch rate), and so is
+//! the running statistics' update ([`update_running_stats`], was 12).
 
-use crate::backend::{ChannelSums, NcsDims, Storage};
+use crate::backend::{BnCoeffs, ChannelSums, NcsDims, Storage};
 use crate::{no_grad, DType, Error, Layout, Result, Tensor};
 
 /// `t` as a contiguous tensor from element 0 of its storage (what the passes read).
@@ -64,16 +67,18 @@ impl Tensor {
         let x = packed(&self.detach())?;
         let (w, b) = (weight.detach(), bias.detach());
         let (y, mean, var, rstd) = no_grad(|| -> Result<_> {
+            let inv_count = inv_count as f32;
             let (sum, _) = x.storage().channel_sums(d, ChannelSums::Values)?;
-            let mean = channel_vec(sum, c).mul_scalar(inv_count)?;
-            let (sq, _) = x.storage().channel_sums(d, ChannelSums::SquaredDeviations { mean: &mean.storage() })?;
-            let var = channel_vec(sq, c).mul_scalar(inv_count)?;
-            let rstd = var.add_scalar(eps)?.sqrt()?.recip()?;
-            // y = a·x + shift with a = weight·rstd, shift = bias - mean·a.
-            let a = w.mul(&rstd)?;
-            let shift = b.sub(&mean.mul(&a)?)?;
-            let y = x.storage().channel_affine(None, d, (&a.storage(), &a.storage(), &shift.storage()))?;
-            Ok((y, mean, var, rstd))
+            let (sq, _) = x.storage().channel_sums(d, ChannelSums::SquaredDeviations { sum: &sum, inv_count })?;
+            // mean = Σx/N (the product the pass above used), var = Σ(x - mean)²/N,
+            // rstd = 1/sqrt(var + eps); y = a·x + shift with a = weight·rstd, shift = bias - mean·a.
+            let (ws, bs) = (w.storage(), b.storage());
+            let what = BnCoeffs::Forward { weight: &*ws, bias: &*bs, sum: &sum, sq: &sq, inv_count, eps: eps as f32 };
+            let [mean, var, rstd, a, shift]: [Storage; 5] = Storage::bn_coeffs(c, what)?
+                .try_into()
+                .map_err(|_| Error::invalid("batch_norm", "internal: bn_coeffs gave another count"))?;
+            let y = x.storage().channel_affine(None, d, (&a, &a, &shift))?;
+            Ok((y, channel_vec(mean, c), channel_vec(var, c), channel_vec(rstd, c)))
         })?;
         let saved_mean = mean.clone();
         let need = [self.requires_grad(), weight.requires_grad(), bias.requires_grad()];
@@ -87,25 +92,56 @@ impl Tensor {
                 let what = ChannelSums::Gradients { dy: &*g.storage(), mean: &*mean.storage(), rstd: &*rstd.storage() };
                 let (sdy, sdyx) = x.storage().channel_sums(d, what)?;
                 let sdyx = sdyx.ok_or_else(|| Error::Backward("batch_norm: the pass gave no Σdy·x̂".into()))?;
-                let (sdy, sdyx) = (channel_vec(sdy, c), channel_vec(sdyx, c));
                 let dx = if need[0] {
                     // dx = w·rstd·(dy - Σdy/N - x̂·Σ(dy·x̂)/N) = A·dy + B·x + D per channel, with
                     // A = w·rstd, B = -A·rstd·Σ(dy·x̂)/N, D = -A·Σdy/N - B·mean.
-                    let a = w.mul(&rstd)?;
-                    let bb = a.mul(&rstd)?.mul(&sdyx)?.mul_scalar(-inv_count)?;
-                    let dd = a.mul(&sdy)?.mul_scalar(-inv_count)?.sub(&bb.mul(&mean)?)?;
-                    let s = g.storage().channel_affine(
-                        Some(&x.storage()),
-                        d,
-                        (&a.storage(), &bb.storage(), &dd.storage()),
-                    )?;
+                    let what = BnCoeffs::Backward {
+                        weight: &*w.storage(),
+                        rstd: &*rstd.storage(),
+                        mean: &*mean.storage(),
+                        sdy: &sdy,
+                        sdyx: &sdyx,
+                        inv_count: inv_count as f32,
+                    };
+                    let [a, bb, dd]: [Storage; 3] = Storage::bn_coeffs(c, what)?
+                        .try_into()
+                        .map_err(|_| Error::Backward("batch_norm: bn_coeffs gave another count".into()))?;
+                    let s = g.storage().channel_affine(Some(&x.storage()), d, (&a, &bb, &dd))?;
                     Some(Tensor::from_storage(s, Layout::contiguous(g.shape().clone())))
                 } else {
                     None
                 };
+                let (sdy, sdyx) = (channel_vec(sdy, c), channel_vec(sdyx, c));
                 Ok(vec![dx, need[1].then_some(sdyx), need[2].then_some(sdy)])
             },
         );
         Ok((y, saved_mean, var))
     }
+}
+
+/// BatchNorm's running statistics after a training batch of `n` values per channel, in
+/// place and in one op: running_mean/var ← (1 - momentum)·running + momentum·(mean,
+/// var·n/(n-1)) (the unbiased variance, as PyTorch), num_batches_tracked += 1. Ok(false),
+/// nothing changed: an operand is not a dense F32 vector (the caller composes tensor ops).
+pub(crate) fn update_running_stats(
+    running: (&Tensor, &Tensor),
+    counter: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    momentum: f64,
+    n: usize,
+) -> Result<bool> {
+    let (rm, rv) = running;
+    let c = rm.elem_count();
+    let vectors = [rm, rv, mean, var];
+    let dense = vectors.iter().all(|t| t.dtype() == DType::F32 && t.elem_count() == c && t.is_whole_storage());
+    let counter_ok = counter.dtype() == DType::I64 && counter.elem_count() == 1 && counter.is_whole_storage();
+    let distinct = !(rm.same_storage(rv) || [mean, var].iter().any(|t| t.same_storage(rm) || t.same_storage(rv)));
+    if c == 0 || !dense || !counter_ok || !distinct || counter.same_storage(rm) || counter.same_storage(rv) {
+        return Ok(false);
+    }
+    let (ms, vs) = (mean.storage(), var.storage());
+    let (mut rms, mut rvs, mut ns) = (rm.storage_mut(), rv.storage_mut(), counter.storage_mut());
+    let unbias = n as f64 / (n as f64 - 1.0);
+    rms.bn_running(&mut rvs, Some(&mut ns), (&ms, &vs), (momentum, unbias), c)?;
+    Ok(true)
 }

@@ -255,6 +255,42 @@ fn batch_norm_on_the_device() {
     });
 }
 
+/// BatchNorm training steps on the device: the running statistics and the step counter
+/// (one fused update) against the same module on the CPU after two batches, and no small
+/// elementwise launches left in the layer's forward and backward (the per-channel
+/// arithmetic is one `bn_coeffs` each way, the update one `bn_running`).
+#[test]
+fn batch_norm_module_steps_on_the_device() {
+    use kiln::nn::{BatchNorm, Module};
+    let (cpu, cuda) = (BatchNorm::new_2d(3, Device::Cpu).unwrap(), BatchNorm::new_2d(3, dev()).unwrap());
+    let _turn = PROFILER.lock().unwrap_or_else(|p| p.into_inner());
+    for step in 0..2u64 {
+        let x = randn(&[4, 3, 5, 6], DType::F32, 50 + step).mul_scalar(2.0).unwrap().add_scalar(0.7).unwrap();
+        let up = randn(&[4, 3, 5, 6], DType::F32, 60 + step);
+        cpu.forward(&x).unwrap().backward_with(&up).unwrap();
+        kiln::profile::start();
+        let y = cuda.forward(&x.to_device(dev()).unwrap()).unwrap();
+        y.backward_with(&up.to_device(dev()).unwrap()).unwrap();
+        let ops: Vec<String> =
+            kiln::profile::stop().this_thread().totals().into_iter().map(|(name, ..)| name).collect();
+        for small in ["unary", "binary", "affine", "host:"] {
+            assert!(!ops.iter().any(|n| n.starts_with(small)), "step {step}: {small} ran: {ops:?}");
+        }
+        for fused in ["bn_coeffs", "bn_running"] {
+            assert!(ops.iter().any(|n| n == fused), "step {step}: no {fused}: {ops:?}");
+        }
+    }
+    for (name, a, b) in [
+        ("running_mean", &cuda.running_mean, &cpu.running_mean),
+        ("running_var", &cuda.running_var, &cpu.running_var),
+        ("weight grad", &cuda.weight.grad().unwrap(), &cpu.weight.grad().unwrap()),
+        ("bias grad", &cuda.bias.grad().unwrap(), &cpu.bias.grad().unwrap()),
+    ] {
+        close(name, &a.to_device(Device::Cpu).unwrap(), b, 2e-5);
+    }
+    assert_eq!(cuda.num_batches_tracked.to_scalar::<i64>().unwrap(), 2);
+}
+
 #[test]
 fn arg_reductions_ties_and_nans() {
     let (nan, inf) = (f32::NAN, f32::INFINITY);

@@ -23,7 +23,7 @@ pub use conv::{col2im, conv2d, conv2d_backward, im2col, ConvGeom, Epilogue, Fuse
 pub use elementwise::{binary, unary, where_cond};
 pub use index::{gather, index_add, index_select, scatter_add};
 pub use matmul::matmul;
-pub use norm::{channel_affine, channel_sums};
+pub use norm::{bn_coeffs, bn_running, channel_affine, channel_sums};
 pub use optim::adam_step;
 pub use parallel::{is_inline, keep_workers_warm, run_inline};
 pub(crate) use parallel::{min_len as par_min_len, par_threshold, par_threshold_optim, threads};

@@ -4,7 +4,7 @@
 //! fused BatchNorm (src/ops/norm.rs) is built from these; kernels/norm.cu is the CUDA side.
 
 use super::{CpuData, CpuStorage};
-use crate::backend::{ChannelSums, NcsDims};
+use crate::backend::{BnCoeffs, ChannelSums, NcsDims};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -32,21 +32,21 @@ pub fn channel_sums(
 ) -> Result<(CpuStorage, Option<CpuStorage>)> {
     enum Of<'a> {
         Values,
-        SquaredDeviations(&'a [f32]),
+        SquaredDeviations(&'a [f32], f32),
         Gradients(&'a [f32], &'a [f32], &'a [f32]),
     }
     let op = "channel_sums";
     let x = f32s(op, x)?;
     let of = match what {
         ChannelSums::Values => Of::Values,
-        ChannelSums::SquaredDeviations { mean } => Of::SquaredDeviations(f32s(op, mean)?),
+        ChannelSums::SquaredDeviations { sum, inv_count } => Of::SquaredDeviations(f32s(op, sum)?, inv_count),
         ChannelSums::Gradients { dy, mean, rstd } => Of::Gradients(f32s(op, dy)?, f32s(op, mean)?, f32s(op, rstd)?),
     };
     let one = |ch: usize| -> (f64, f64) {
         match of {
             Of::Values => (channel(d, ch).map(|i| x[i] as f64).sum(), 0.0),
-            Of::SquaredDeviations(m) => {
-                let m = m[ch] as f64;
+            Of::SquaredDeviations(sum, inv_count) => {
+                let m = (sum[ch] * inv_count) as f64;
                 (channel(d, ch).map(|i| (x[i] as f64 - m).powi(2)).sum(), 0.0)
             }
             Of::Gradients(dy, m, r) => {
@@ -65,6 +65,74 @@ pub fn channel_sums(
     let second = matches!(of, Of::Gradients(..))
         .then(|| CpuStorage::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<f32>>()));
     Ok((first, second))
+}
+
+/// Batch norm's per-channel arithmetic (see [`BnCoeffs`]): the same f32 operations in the
+/// same order as kernels/norm.cu's `bn_coeffs_f32`.
+pub fn bn_coeffs(c: usize, what: BnCoeffs<&CpuStorage>) -> Result<Vec<CpuStorage>> {
+    let op = "bn_coeffs";
+    let outs: Vec<Vec<f32>> = match what {
+        BnCoeffs::Forward { weight, bias, sum, sq, inv_count, eps } => {
+            let (w, b, sum, sq) = (f32s(op, weight)?, f32s(op, bias)?, f32s(op, sum)?, f32s(op, sq)?);
+            let mut o = vec![vec![0f32; c]; 5];
+            for ch in 0..c {
+                let mean = sum[ch] * inv_count;
+                let var = sq[ch] * inv_count;
+                let rstd = 1.0 / (var + eps).sqrt();
+                let a = w[ch] * rstd;
+                (o[0][ch], o[1][ch], o[2][ch], o[3][ch], o[4][ch]) = (mean, var, rstd, a, b[ch] - mean * a);
+            }
+            o
+        }
+        BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, inv_count } => {
+            let (w, r, m) = (f32s(op, weight)?, f32s(op, rstd)?, f32s(op, mean)?);
+            let (sdy, sdyx) = (f32s(op, sdy)?, f32s(op, sdyx)?);
+            let mut o = vec![vec![0f32; c]; 3];
+            for ch in 0..c {
+                let a = w[ch] * r[ch];
+                let b = -(a * r[ch] * sdyx[ch] * inv_count);
+                (o[0][ch], o[1][ch], o[2][ch]) = (a, b, -(a * sdy[ch] * inv_count) - b * m[ch]);
+            }
+            o
+        }
+    };
+    Ok(outs.into_iter().map(CpuStorage::from_vec).collect())
+}
+
+/// running = keep·running + momentum·statistic per channel (var scaled by `unbias`), and
+/// `counter` (I64) += 1, in place: kernels/norm.cu's `bn_running_f32`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_running(
+    running_mean: &mut CpuStorage,
+    running_var: &mut CpuStorage,
+    counter: Option<&mut CpuStorage>,
+    mean: &CpuStorage,
+    var: &CpuStorage,
+    (keep, momentum, unbias): (f32, f32, f32),
+    c: usize,
+) -> Result<()> {
+    let op = "bn_running";
+    let (m, v) = (f32s(op, mean)?, f32s(op, var)?);
+    let CpuData::F32(rm) = running_mean.data_mut() else {
+        return Err(Error::UnsupportedDType { op, dtype: running_mean.dtype(), msg: "running_mean is F32" });
+    };
+    for ch in 0..c {
+        rm[ch] = keep * rm[ch] + momentum * m[ch];
+    }
+    let CpuData::F32(rv) = running_var.data_mut() else {
+        return Err(Error::UnsupportedDType { op, dtype: running_var.dtype(), msg: "running_var is F32" });
+    };
+    for ch in 0..c {
+        rv[ch] = keep * rv[ch] + momentum * (v[ch] * unbias);
+    }
+    if let Some(counter) = counter {
+        let dtype = counter.dtype();
+        match counter.data_mut() {
+            CpuData::I64(n) if !n.is_empty() => n[0] = n[0].wrapping_add(1),
+            _ => return Err(Error::UnsupportedDType { op, dtype, msg: "num_batches_tracked is one I64" }),
+        }
+    }
+    Ok(())
 }
 
 /// out = a[ch]·u + b[ch]·v + d[ch] over [n, c, s] (without v: a[ch]·u + d[ch]).

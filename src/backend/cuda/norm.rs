@@ -1,11 +1,12 @@
 //! Batch normalisation's two passes on a CUDA device (kernels/norm.cu), the device side of
 //! src/backend/cpu/norm.rs: per-channel sums in pieces (one block per channel and piece,
-//! then `reduce_rows` adds each channel's pieces) and the per-channel affine map.
+//! then `reduce_rows` adds each channel's pieces), the per-channel affine map, and the
+//! per-channel [c] arithmetic between them (`bn_coeffs`, `bn_running`: one launch each).
 
 use super::kernels::reduce_rows;
 use super::launch::{arg, grid_for, BLOCK};
 use super::storage::CudaStorage;
-use crate::backend::{ChannelSums, NcsDims, ReduceOp};
+use crate::backend::{BnCoeffs, ChannelSums, NcsDims, ReduceOp};
 use crate::{DType, Error, Result};
 
 /// Pieces per channel: enough blocks to fill a GPU (~1024 in all) while each piece keeps
@@ -28,9 +29,13 @@ pub fn channel_sums(
     let two = matches!(what, ChannelSums::Gradients { .. });
     let part0 = CudaStorage::uninit(dev, DType::F32, d.c * p)?;
     let part1 = if two { Some(CudaStorage::uninit(dev, DType::F32, d.c * p)?) } else { None };
+    let mut inv_count = 0.0f32;
     let (mut mode, mut dy, mut mean, mut rstd): (i32, u64, u64, u64) = match what {
         ChannelSums::Values => (0, 0, 0, 0),
-        ChannelSums::SquaredDeviations { mean } => (1, 0, mean.ptr(), 0),
+        ChannelSums::SquaredDeviations { sum, inv_count: k } => {
+            inv_count = k;
+            (1, 0, sum.ptr(), 0)
+        }
         ChannelSums::Gradients { dy, mean, rstd } => (2, dy.ptr(), mean.ptr(), rstd.ptr()),
     };
     let (mut n, mut c, mut s) = (d.n as i64, d.c as i64, d.s as i64);
@@ -40,6 +45,7 @@ pub fn channel_sums(
         arg(&mut c),
         arg(&mut s),
         arg(&mut mode),
+        arg(&mut inv_count),
         arg(&mut xp),
         arg(&mut dy),
         arg(&mut mean),
@@ -84,4 +90,67 @@ pub fn channel_affine(
     ];
     u.dev().launcher().launch("channel_affine_f32", (grid_for(total), 1, 1), (BLOCK, 1, 1), 0, &mut args)?;
     Ok(out)
+}
+
+pub fn bn_coeffs(c: usize, what: BnCoeffs<&CudaStorage>) -> Result<Vec<CudaStorage>> {
+    let ins = what.inputs();
+    let dev = ins[0].dev();
+    let outs = (0..what.outputs()).map(|_| CudaStorage::uninit(dev, DType::F32, c)).collect::<Result<Vec<_>>>()?;
+    if c == 0 {
+        return Ok(outs);
+    }
+    let (mut mode, mut inv_count, mut eps) = match what {
+        BnCoeffs::Forward { inv_count, eps, .. } => (0i32, inv_count, eps),
+        BnCoeffs::Backward { inv_count, .. } => (1i32, inv_count, 0.0f32),
+    };
+    let ptr = |v: Option<&CudaStorage>| v.map_or(0u64, |s| s.ptr());
+    let mut inp: [u64; 5] = std::array::from_fn(|i| ptr(ins.get(i).copied()));
+    let mut outp: [u64; 5] = std::array::from_fn(|i| ptr(outs.get(i)));
+    let mut cc = c as i64;
+    let [i0, i1, i2, i3, i4] = &mut inp;
+    let [o0, o1, o2, o3, o4] = &mut outp;
+    let mut args = [
+        arg(&mut cc),
+        arg(&mut mode),
+        arg(&mut inv_count),
+        arg(&mut eps),
+        arg(i0),
+        arg(i1),
+        arg(i2),
+        arg(i3),
+        arg(i4),
+        arg(o0),
+        arg(o1),
+        arg(o2),
+        arg(o3),
+        arg(o4),
+    ];
+    dev.launcher().launch("bn_coeffs_f32", (grid_for(c), 1, 1), (BLOCK, 1, 1), 0, &mut args)?;
+    Ok(outs)
+}
+
+pub fn bn_running(
+    running: (&mut CudaStorage, &mut CudaStorage),
+    counter: Option<&mut CudaStorage>,
+    (mean, var): (&CudaStorage, &CudaStorage),
+    (keep, momentum, unbias): (f32, f32, f32),
+    c: usize,
+) -> Result<()> {
+    let (mut cc, mut keep, mut momentum, mut unbias) = (c as i64, keep, momentum, unbias);
+    let (mut mp, mut vp) = (mean.ptr(), var.ptr());
+    let (mut rm, mut rv) = (running.0.ptr(), running.1.ptr());
+    let mut cp = counter.map_or(0u64, |s| s.ptr());
+    let mut args = [
+        arg(&mut cc),
+        arg(&mut keep),
+        arg(&mut momentum),
+        arg(&mut unbias),
+        arg(&mut mp),
+        arg(&mut vp),
+        arg(&mut rm),
+        arg(&mut rv),
+        arg(&mut cp),
+    ];
+    mean.dev().launcher().launch("bn_running_f32", (grid_for(c), 1, 1), (BLOCK, 1, 1), 0, &mut args)?;
+    Ok(())
 }
