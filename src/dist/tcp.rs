@@ -64,7 +64,11 @@ impl Link for TcpLink {
         if sent {
             Ok(())
         } else {
-            Err(Error::dist(self.rank, DistErrorKind::PeerLost, format!("the connection to rank {next} is closed")))
+            Err(Error::dist(
+                self.rank,
+                DistErrorKind::PeerLost,
+                format!("rank {next} has left: the connection to it is closed"),
+            ))
         }
     }
 

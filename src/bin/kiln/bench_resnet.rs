@@ -36,6 +36,7 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
     if profile {
         kiln::profile::start();
     }
+    let (launches0, cudnn0) = (kiln::backend::cuda::launch::launches(), kiln::backend::cuda::cudnn::calls());
     let start = Instant::now();
     let mut last_loss = first_loss;
     for _ in 0..steps {
@@ -43,6 +44,9 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
     }
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
+    let per_step = |n: u64| n as f64 / steps as f64;
+    let launches = per_step(kiln::backend::cuda::launch::launches() - launches0);
+    let cudnn_per_step = per_step(kiln::backend::cuda::cudnn::calls() as u64 - cudnn0 as u64);
     if profile {
         eprintln!("{}", kiln::profile::stop().table(30));
     }
@@ -61,6 +65,9 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
             "profiled": profile,
             // Which path the convolutions took: cuDNN's passes, or im2col + GEMM.
             "cudnn_calls": kiln::backend::cuda::cudnn::calls(),
+            // The host's share of a GPU step: Kiln's own kernel launches and cuDNN calls per
+            // step (the timed steps; 0 on the CPU).
+            "kernel_launches_per_step": launches, "cudnn_calls_per_step": cudnn_per_step,
         })
     );
     Ok(())
