@@ -7,9 +7,19 @@ use crate::{no_grad, Result, Tensor};
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
     no_grad(|| {
         let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
-        let mut total = 0.0f64;
+        // Σg² per device, added up where the gradients are (f64, in parameter order), then
+        // read once per device: reading each gradient's sum was a GPU sync per parameter.
+        let mut sums: Vec<Tensor> = Vec::new();
         for g in &grads {
-            total += g.to_dtype(crate::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            let s = g.to_dtype(crate::DType::F64)?.sqr()?.sum_all()?;
+            match sums.iter_mut().find(|t| t.device() == s.device()) {
+                Some(t) => *t = t.add(&s)?,
+                None => sums.push(s),
+            }
+        }
+        let mut total = 0.0f64;
+        for s in &sums {
+            total += s.to_scalar::<f64>()?;
         }
         let total = total.sqrt();
         let coef = max_norm / (total + 1e-6);

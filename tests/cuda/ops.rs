@@ -270,10 +270,10 @@ fn batch_norm_module_steps_on_the_device() {
         cpu.forward(&x).unwrap().backward_with(&up).unwrap();
         let (xd, upd) = (x.to_device(dev()).unwrap(), up.to_device(dev()).unwrap());
         kiln::profile::start();
-        let launches = kiln::backend::cuda::launch::launches_on_this_thread();
+        let launches = kiln::backend::cuda::counters::launches_on_this_thread();
         let y = cuda.forward(&xd).unwrap();
         y.backward_with(&upd).unwrap();
-        let launches = kiln::backend::cuda::launch::launches_on_this_thread() - launches;
+        let launches = kiln::backend::cuda::counters::launches_on_this_thread() - launches;
         // Forward: 2 statistics passes (each a pass and a fold), bn_coeffs, the affine map,
         // bn_running; backward: the gradient pass (+ 2 folds), bn_coeffs, the affine map.
         // (Composed from [c]-sized tensor ops these were 36.)
@@ -541,7 +541,12 @@ fn training_steps_match_the_cpu() {
                     .unwrap();
                 opt.zero_grad();
                 m.forward(&x).unwrap().cross_entropy(&y, 0.0).unwrap().backward().unwrap();
+                let downloads = kiln::backend::cuda::counters::downloads_on_this_thread();
                 opt.step().unwrap();
+                // Adam's step count lives on the CPU: reading it from the device was a sync
+                // per parameter per step.
+                let synced = kiln::backend::cuda::counters::downloads_on_this_thread() - downloads;
+                assert_eq!(synced, 0, "{device}: the optimizer step downloaded {synced} times");
             }
             m.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect()
         })
@@ -618,14 +623,20 @@ fn a_cnn_trains_on_the_device_as_on_the_cpu() {
             .unwrap();
         let mut losses = Vec::new();
         for (model, opt, device) in [(&cpu_model, &mut cpu_opt, Device::Cpu), (&dev_model, &mut dev_opt, dev())] {
+            let (x, y) = (x.to_device(device).unwrap(), y.to_device(device).unwrap());
+            let downloads = kiln::backend::cuda::counters::downloads_on_this_thread;
+            let before = downloads();
             opt.zero_grad();
-            let loss = model
-                .forward(&x.to_device(device).unwrap())
-                .unwrap()
-                .cross_entropy(&y.to_device(device).unwrap(), 0.0)
-                .unwrap();
+            let loss = model.forward(&x).unwrap().cross_entropy(&y, 0.0).unwrap();
+            let forward = downloads() - before;
             loss.backward().unwrap();
             opt.step().unwrap();
+            // The host waits for the device only in cross_entropy (it checks the labels and
+            // adds up the rows' losses on the host: 2 syncs); backward and the optimizer step
+            // never (Adam's step count read from the device was one per parameter).
+            let rest = downloads() - before - forward;
+            assert!(forward <= 2, "{device}, step {step}: {forward} downloads in forward");
+            assert_eq!(rest, 0, "{device}, step {step}: {rest} downloads in backward and the optimizer step");
             losses.push(loss.to_scalar::<f64>().unwrap());
         }
         assert!((losses[0] - losses[1]).abs() < 1e-5, "step {step}: loss cpu {} vs device {}", losses[0], losses[1]);

@@ -239,6 +239,7 @@ impl CudaDev {
         if dst.is_empty() {
             return Ok(());
         }
+        super::counters::count_download();
         if self.emulated() {
             // SAFETY: as in `htod`, the other way round.
             unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };

@@ -32,7 +32,7 @@ pub struct EmuLauncher;
 
 impl Launcher for EmuLauncher {
     fn launch(&self, kernel: &str, grid: Dim3, block: Dim3, shared_bytes: u32, args: &mut [*mut c_void]) -> Result<()> {
-        super::launch::count_launch();
+        super::counters::count_launch();
         let name = CString::new(kernel).map_err(|_| Error::invalid("emu launch", "kernel name contains NUL"))?;
         // SAFETY: `name` is a valid C string; the call only reads it.
         let want = unsafe { kiln_emu_kernel_num_params(name.as_ptr()) };

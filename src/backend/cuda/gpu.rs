@@ -501,7 +501,7 @@ impl GpuLauncher {
 
 impl Launcher for GpuLauncher {
     fn launch(&self, kernel: &str, grid: Dim3, block: Dim3, shared_bytes: u32, args: &mut [*mut c_void]) -> Result<()> {
-        super::launch::count_launch();
+        super::counters::count_launch();
         let (f, params) = self.shared.function(kernel)?;
         // cuLaunchKernel reads as many pointers as the kernel has parameters: a short array
         // would be read past its end, so check what the PTX declares.

@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod blas;
 pub mod conv;
+pub mod counters;
 pub mod cudnn;
 pub mod device;
 pub mod emu;

@@ -36,7 +36,8 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
     if profile {
         kiln::profile::start();
     }
-    let (launches0, cudnn0) = (kiln::backend::cuda::launch::launches(), kiln::backend::cuda::cudnn::calls());
+    use kiln::backend::cuda::{counters, cudnn};
+    let (launches0, downloads0, cudnn0) = (counters::launches(), counters::downloads(), cudnn::calls());
     let start = Instant::now();
     let mut last_loss = first_loss;
     for _ in 0..steps {
@@ -45,8 +46,9 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
     let per_step = |n: u64| n as f64 / steps as f64;
-    let launches = per_step(kiln::backend::cuda::launch::launches() - launches0);
-    let cudnn_per_step = per_step(kiln::backend::cuda::cudnn::calls() as u64 - cudnn0 as u64);
+    let launches = per_step(counters::launches() - launches0);
+    let downloads = per_step(counters::downloads() - downloads0);
+    let cudnn_per_step = per_step((cudnn::calls() - cudnn0) as u64);
     if profile {
         eprintln!("{}", kiln::profile::stop().table(30));
     }
@@ -65,9 +67,10 @@ pub fn run(device: Device, batch: usize, steps: usize, tf32: bool, profile: bool
             "profiled": profile,
             // Which path the convolutions took: cuDNN's passes, or im2col + GEMM.
             "cudnn_calls": kiln::backend::cuda::cudnn::calls(),
-            // The host's share of a GPU step: Kiln's own kernel launches and cuDNN calls per
-            // step (the timed steps; 0 on the CPU).
+            // The host's share of a GPU step (the timed steps; 0 on the CPU): Kiln's own
+            // kernel launches, cuDNN calls, and downloads (each a sync; the loss is one).
             "kernel_launches_per_step": launches, "cudnn_calls_per_step": cudnn_per_step,
+            "downloads_per_step": downloads,
         })
     );
     Ok(())
