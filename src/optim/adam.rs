@@ -1,7 +1,10 @@
-//! Adam and AdamW, as torch.optim.Adam / AdamW (single-tensor path, amsgrad off).
+//! Adam and AdamW, as torch.optim.Adam / AdamW (amsgrad off). Each step is one fused pass
+//! over p, g, m, v per parameter, and on a GPU one launch for all the parameters that share
+//! hyper-parameters (as PyTorch's `foreach`/`fused` paths): the backend's `adam_step_many`.
+//! The arithmetic is the same either way, bit for bit.
 
 use super::{all_params, Optimizer, ParamGroup, State};
-use crate::backend::AdamStep;
+use crate::backend::{AdamItem, AdamStep, Storage};
 use crate::{no_grad, DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -41,17 +44,51 @@ impl Adam {
     }
 }
 
-/// The whole step in one pass over p, g, m, v (the backend's fused kernel), when every buffer
-/// is a dense whole storage of a dtype that has one. Ok(false): use `unfused_step`.
-fn fused_step(p: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &AdamStep) -> Result<bool> {
-    let grad = grad.contiguous()?;
-    let dense = [p, &grad, m, v].iter().all(|t| t.is_whole_storage());
-    if !dense || p.same_storage(m) || p.same_storage(v) || m.same_storage(v) || grad.same_storage(p) {
-        return Ok(false);
+/// One parameter's step: the parameter, its gradient (contiguous), its state m and v.
+struct Item {
+    p: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Item {
+    fn tensors(&self) -> [&Tensor; 4] {
+        [&self.p, &self.grad, &self.m, &self.v]
     }
-    let gs = grad.storage();
-    let (mut ps, mut ms, mut vs) = (p.storage_mut(), m.storage_mut(), v.storage_mut());
-    ps.adam_step(&gs, &mut ms, &mut vs, h)
+    /// Whether the fused kernels can take it: every buffer a dense whole storage of its own.
+    fn fusable(&self) -> bool {
+        let all = self.tensors();
+        all.iter().all(|t| t.is_whole_storage())
+            && all.iter().enumerate().all(|(i, a)| all[i + 1..].iter().all(|b| !a.same_storage(b)))
+    }
+}
+
+/// The whole step of each item in one fused pass over p, g, m, v (one launch for them all
+/// on a GPU). Ok(false), nothing changed: they cannot all take the fused kernel (dtype,
+/// devices, or a storage shared between items, on which the locks below would deadlock).
+fn fused_many(items: &[Item], h: &AdamStep) -> Result<bool> {
+    for (i, a) in items.iter().enumerate() {
+        for b in &items[i + 1..] {
+            if a.tensors().iter().any(|x| b.tensors().iter().any(|y| x.same_storage(y))) {
+                return Ok(false);
+            }
+        }
+    }
+    let mut guards: Vec<_> = items
+        .iter()
+        .map(|it| (it.p.storage_mut(), it.grad.storage(), it.m.storage_mut(), it.v.storage_mut()))
+        .collect();
+    let mut refs: Vec<AdamItem<'_>> =
+        guards.iter_mut().map(|(p, g, m, v)| (&mut **p, &**g, &mut **m, &mut **v)).collect();
+    Storage::adam_step_many(&mut refs, h)
+}
+
+/// The step in tensor ops, for what the fused kernels do not take.
+fn unfused(item: Item, h: &AdamStep) -> Result<()> {
+    let (m2, v2) = unfused_step(&item.p, item.grad, &item.m, &item.v, h)?;
+    item.m.assign(&m2)?;
+    item.v.assign(&v2)
 }
 
 /// The same step in tensor ops (any dtype, any layout): updates p, returns the new m and v.
@@ -80,6 +117,9 @@ impl Optimizer for Adam {
         let mut i = 0;
         no_grad(|| {
             for g in &self.groups {
+                // This group's parameters that take the fused kernel, batched by their
+                // hyper-parameters (only the step count can differ within a group).
+                let mut batches: Vec<(AdamStep, Vec<Item>)> = Vec::new();
                 for p in &g.params {
                     let idx = i;
                     i += 1;
@@ -102,17 +142,33 @@ impl Optimizer for Adam {
                         Some(v) => v.clone(),
                         None => p.zeros_like()?,
                     };
-                    if !fused_step(p, &grad, &m, &v, &h)? {
-                        let (m2, v2) = unfused_step(p, grad, &m, &v, &h)?;
-                        m.assign(&m2)?;
-                        v.assign(&v2)?;
-                    }
-                    self.state.set(idx, "exp_avg", m);
-                    self.state.set(idx, "exp_avg_sq", v);
+                    self.state.set(idx, "exp_avg", m.clone());
+                    self.state.set(idx, "exp_avg_sq", v.clone());
                     // On the CPU whatever the parameter's device, as PyTorch keeps it: reading
                     // it back from a GPU is a sync per parameter per step (it was: 62 per
                     // ResNet-18 step, each draining the GPU's queue).
                     self.state.set(idx, "step", Tensor::scalar(t, DType::F64, Device::Cpu)?);
+                    let item = Item { p: p.clone(), grad: grad.contiguous()?, m, v };
+                    if !item.fusable() {
+                        unfused(item, &h)?;
+                        continue;
+                    }
+                    match batches.iter_mut().find(|(bh, _)| *bh == h) {
+                        Some((_, items)) => items.push(item),
+                        None => batches.push((h, vec![item])),
+                    }
+                }
+                for (h, items) in batches {
+                    if fused_many(&items, &h)? {
+                        continue;
+                    }
+                    // Not all at once (dtype, devices, storages shared between items): one by
+                    // one, each fused where it can be.
+                    for item in items {
+                        if !fused_many(std::slice::from_ref(&item), &h)? {
+                            unfused(item, &h)?;
+                        }
+                    }
                 }
             }
             Ok(())

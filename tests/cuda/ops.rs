@@ -592,6 +592,48 @@ fn optimizer_steps_equal_the_cpu_bit_for_bit() {
     }
 }
 
+/// Adam's step over many parameters is one launch on the device (a table of chunks), with
+/// the CPU's bits: parameters of 1, 1000, 8192 (one whole chunk) and 20000 elements (three
+/// chunks, the last short), AdamW's decay, three steps; and a parameter without a gradient
+/// in one step keeps its own step count (a second batch of hyper-parameters).
+#[test]
+fn adam_steps_many_parameters_in_one_launch() {
+    use kiln::optim::{Adam, Optimizer};
+    let sizes = [1usize, 1000, 8192, 20_000];
+    let run = |device: Device| -> (Vec<Vec<u32>>, Vec<u64>) {
+        let ps: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| randn(&[n], DType::F32, 70 + i as u64).to_device(device).unwrap().requires_grad_().unwrap())
+            .collect();
+        let mut opt = Adam::adamw(ps.clone(), 1e-3, 0.1);
+        let mut launches = Vec::new();
+        for step in 0..3u64 {
+            opt.zero_grad();
+            for (i, p) in ps.iter().enumerate() {
+                // Step 1 leaves parameter 2 without a gradient: its step count falls behind.
+                if step == 1 && i == 2 {
+                    continue;
+                }
+                let g = randn(&[sizes[i]], DType::F32, 80 + 10 * step + i as u64).to_device(device).unwrap();
+                p.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            }
+            let before = kiln::backend::cuda::counters::launches_on_this_thread();
+            opt.step().unwrap();
+            launches.push(kiln::backend::cuda::counters::launches_on_this_thread() - before);
+        }
+        let bits = ps.iter().map(|p| p.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+        (bits, launches)
+    };
+    let ((cpu, _), (dev_bits, launches)) = (run(Device::Cpu), run(dev()));
+    for (i, (a, b)) in cpu.iter().zip(&dev_bits).enumerate() {
+        let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "parameter {i} ({} elements): {differ} differ from the CPU's bits", sizes[i]);
+    }
+    // One launch a step; step 3 has two step counts (3 and 2) among the parameters: two.
+    assert_eq!(launches, vec![1, 1, 2], "kernel launches per optimizer step");
+}
+
 /// A small CNN (conv+ReLU+pool twice, then Linear: the fused ops `Sequential` picks) trained
 /// for a few Adam steps on the device and on the CPU from the same weights and batches: the
 /// losses and final parameters agree.

@@ -203,6 +203,47 @@ impl AdamArgs {
     }
 }
 
+/// kernels/optim.cu's `KilnAdamChunk`: one piece of one parameter for `adam_many_f32`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdamChunk {
+    pub p: u64,
+    pub g: u64,
+    pub m: u64,
+    pub v: u64,
+    pub len: i64,
+}
+
+/// Elements per chunk of `adam_many`: a ResNet-18's 11.2 M parameters make ~1,400 blocks,
+/// enough to fill a GPU; a chunk is 32 elements per thread.
+pub const ADAM_CHUNK: usize = 8192;
+
+/// The chunks of parameters given as (p, g, m, v, elements), in order.
+pub fn adam_chunks(params: &[(u64, u64, u64, u64, usize)]) -> Vec<AdamChunk> {
+    let mut out = Vec::new();
+    for &(p, g, m, v, n) in params {
+        for start in (0..n).step_by(ADAM_CHUNK) {
+            let at = (start * 4) as u64;
+            let len = (n - start).min(ADAM_CHUNK) as i64;
+            out.push(AdamChunk { p: p + at, g: g + at, m: m + at, v: v + at, len });
+        }
+    }
+    out
+}
+
+/// One Adam/AdamW step over every chunk of `table` (a device copy of `adam_chunks`' answer,
+/// `n_chunks` entries) in one launch: each element as `adam`.
+pub fn adam_many(k: &dyn Launcher, n_chunks: usize, h: &AdamStep, table: u64) -> Result<()> {
+    if n_chunks == 0 {
+        return Ok(());
+    }
+    let mut a = AdamArgs::new(h);
+    let (mut n, mut t) = (n_chunks as i64, table);
+    let mut args = [arg(&mut n), arg(&mut a), arg(&mut t)];
+    let grid = n_chunks.clamp(1, 65_535) as u32;
+    k.launch("adam_many_f32", (grid, 1, 1), (BLOCK, 1, 1), 0, &mut args)
+}
+
 /// One Adam/AdamW step in place over `n` contiguous f32 elements of p, m and v, reading g:
 /// equal bit for bit to the CPU backend's fused `adam_step`.
 #[allow(clippy::too_many_arguments)]

@@ -480,6 +480,34 @@ pub fn cross_entropy(
     Ok((per_row.iter().map(|&v| v as f64).sum::<f64>() / n as f64, grad))
 }
 
+/// The fused Adam/AdamW step for many parameters of one device in one launch: their chunks'
+/// addresses go up as a table (an upload that does not wait for the GPU), then
+/// `adam_many_f32` runs over it. Ok(false), nothing changed: an item is not f32, or its
+/// buffers' lengths differ, or they are on another device.
+#[allow(clippy::type_complexity)]
+pub fn adam_step_many(
+    items: &mut [(&mut CudaStorage, &CudaStorage, &mut CudaStorage, &mut CudaStorage)],
+    h: &AdamStep,
+) -> Result<bool> {
+    let Some(dev) = items.first().map(|i| i.0.dev.clone()) else { return Ok(true) };
+    let mut params = Vec::with_capacity(items.len());
+    for (p, g, m, v) in items.iter() {
+        let f32s = [p.dtype, g.dtype, m.dtype, v.dtype] == [DType::F32; 4];
+        let lens = g.len == p.len && m.len == p.len && v.len == p.len;
+        let here = [p.device(), g.device(), m.device(), v.device()] == [dev.device(); 4];
+        if !(f32s && lens && here) {
+            return Ok(false);
+        }
+        params.push((p.ptr(), g.ptr(), m.ptr(), v.ptr(), p.len));
+    }
+    let chunks = kernels_train::adam_chunks(&params);
+    let words: Vec<i64> = chunks.iter().flat_map(|c| [c.p as i64, c.g as i64, c.m as i64, c.v as i64, c.len]).collect();
+    // Freed after the launch is queued: the caching allocator reuses it in stream order.
+    let table = from_cpu_on(dev.device(), &CpuStorage::from_vec(words))?;
+    kernels_train::adam_many(dev.launcher(), chunks.len(), h, table.ptr())?;
+    Ok(true)
+}
+
 /// The fused Adam/AdamW step in place; Ok(false) where there is no kernel (non-f32).
 pub fn adam_step(
     p: &mut CudaStorage,
