@@ -3,8 +3,9 @@
 // - channel_sums: per-channel sums of x, of (x - mean)^2, or of dy and dy * (x - mean) * rstd
 //   (the statistics forward, the gradient sums backward). Block (ch, piece) folds piece
 //   `blockIdx.y` of the n*s elements of channel `blockIdx.x` into part0/part1[ch * pieces +
-//   piece]; a second pass (reduce_rows) adds the pieces. Few channels of many elements
-//   would leave the GPU idle at one block per channel.
+//   piece]; whoever reads the sums next (the second statistics pass, bn_coeffs) adds each
+//   channel's pieces (kiln_fold). Few channels of many elements would leave the GPU idle at
+//   one block per channel.
 // - channel_affine: out = a[ch] * u + b[ch] * v + d[ch] (v may be null: then b is unused):
 //   the normalisation forward (u = x) and the input gradient backward (u = dy, v = x).
 // - bn_coeffs: the per-channel [c] arithmetic between those passes, one thread per channel
@@ -14,6 +15,14 @@
 // Work split: 256 threads per block; channel_sums' blockDim.x must be a multiple of 32.
 #include "prelude.cuh"
 #include "strided.cuh"
+
+// The sum of channel ch's `pieces` partial sums (row ch of a [c, pieces] matrix), in order:
+// src/backend/cpu/norm.rs's `fold`.
+__device__ __forceinline__ float kiln_fold(const float* __restrict__ partials, int64_t pieces, int64_t ch) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < pieces; k++) s = __fadd_rn(s, partials[ch * pieces + k]);
+    return s;
+}
 
 // Sums of one block's 256 values into lane 0 of warp 0 (the value returned there).
 __device__ __forceinline__ float kiln_block_sum(float v, float* warp_acc) {
@@ -29,10 +38,10 @@ __device__ __forceinline__ float kiln_block_sum(float v, float* warp_acc) {
     return v;
 }
 
-// mode 0: sum x; 1: sum (x - mean)^2 with mean[ch] = sum[ch] * inv_count (`mean` holds the sums);
-// 2: sum dy (part0) and sum dy * (x - mean) * rstd (part1).
+// mode 0: sum x; 1: sum (x - mean)^2 with mean = fold(mean, sum_pieces, ch) * inv_count
+// (`mean` holds mode 0's partial sums); 2: sum dy (part0) and sum dy * (x - mean) * rstd (part1).
 KILN_KERNEL void channel_sums_f32(int64_t n, int64_t c, int64_t s, int32_t mode, float inv_count,
-                                  const float* __restrict__ x,
+                                  int64_t sum_pieces, const float* __restrict__ x,
                                   const float* __restrict__ dy, const float* __restrict__ mean,
                                   const float* __restrict__ rstd, float* __restrict__ part0,
                                   float* __restrict__ part1) {
@@ -41,7 +50,7 @@ KILN_KERNEL void channel_sums_f32(int64_t n, int64_t c, int64_t s, int32_t mode,
     const int64_t per = (count + pieces - 1) / pieces;
     const int64_t begin = per * blockIdx.y;
     const int64_t end = begin + per < count ? begin + per : count;
-    const float m = mode == 1 ? mean[ch] * inv_count : mode == 2 ? mean[ch] : 0.0f;
+    const float m = mode == 1 ? __fmul_rn(kiln_fold(mean, sum_pieces, ch), inv_count) : mode == 2 ? mean[ch] : 0.0f;
     const float r = mode == 2 ? rstd[ch] : 0.0f;
     float acc0 = 0.0f, acc1 = 0.0f;
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
@@ -80,22 +89,24 @@ KILN_KERNEL void KILN_FULL_OCCUPANCY channel_affine_f32(int64_t total, int64_t c
 }
 KILN_REGISTER(channel_affine_f32);
 
+// in2/in3 (forward) and in3/in4 (backward) are [c, pieces] partial sums, folded first.
 // mode 0 (forward), from in0 = weight, in1 = bias, in2 = Σx, in3 = Σ(x - mean)²:
-//   out0 = mean = Σx·inv_count, out1 = var = in3·inv_count, out2 = rstd = 1/sqrt(var + eps),
-//   out3 = a = weight·rstd, out4 = shift = bias - mean·a (y = a·x + shift).
+//   out0 = mean = Σx·inv_count, out1 = var = Σ(x - mean)²·inv_count, out2 = rstd =
+//   1/sqrt(var + eps), out3 = a = weight·rstd, out4 = shift = bias - mean·a (y = a·x + shift).
 // mode 1 (backward), from in0 = weight, in1 = rstd, in2 = mean, in3 = Σdy, in4 = Σdy·x̂:
 //   out0 = A = weight·rstd, out1 = B = -A·rstd·Σdy·x̂·inv_count,
-//   out2 = D = -A·Σdy·inv_count - B·mean (dx = A·dy + B·x + D).
-// The same f32 operations in the same order as src/backend/cpu/norm.rs's bn_coeffs.
-KILN_KERNEL void bn_coeffs_f32(int64_t c, int32_t mode, float inv_count, float eps, const float* __restrict__ in0,
+//   out2 = D = -A·Σdy·inv_count - B·mean (dx = A·dy + B·x + D), out3 = Σdy, out4 = Σdy·x̂.
+// The same f32 operations in the same order as src/backend/cpu/norm.rs's bn_coeffs (NVRTC
+// may contract a product and a sum into one FMA: within the tests' 2e-5).
+KILN_KERNEL void bn_coeffs_f32(int64_t c, int64_t pieces, int32_t mode, float inv_count, float eps, const float* __restrict__ in0,
                                const float* __restrict__ in1, const float* __restrict__ in2,
                                const float* __restrict__ in3, const float* __restrict__ in4,
                                float* __restrict__ out0, float* __restrict__ out1, float* __restrict__ out2,
                                float* __restrict__ out3, float* __restrict__ out4) {
     KILN_FOR_EACH(ch, c) {
         if (mode == 0) {
-            const float mean = in2[ch] * inv_count;
-            const float var = in3[ch] * inv_count;
+            const float mean = kiln_fold(in2, pieces, ch) * inv_count;
+            const float var = kiln_fold(in3, pieces, ch) * inv_count;
             const float rstd = 1.0f / sqrtf(var + eps);
             const float a = in0[ch] * rstd;
             out0[ch] = mean;
@@ -104,11 +115,14 @@ KILN_KERNEL void bn_coeffs_f32(int64_t c, int32_t mode, float inv_count, float e
             out3[ch] = a;
             out4[ch] = in1[ch] - mean * a;
         } else {
+            const float gy = kiln_fold(in3, pieces, ch), gyx = kiln_fold(in4, pieces, ch);
             const float a = in0[ch] * in1[ch];
-            const float b = -(a * in1[ch] * in4[ch] * inv_count);
+            const float b = -(a * in1[ch] * gyx * inv_count);
             out0[ch] = a;
             out1[ch] = b;
-            out2[ch] = -(a * in3[ch] * inv_count) - b * in2[ch];
+            out2[ch] = -(a * gy * inv_count) - b * in2[ch];
+            out3[ch] = gy;
+            out4[ch] = gyx;
         }
     }
 }

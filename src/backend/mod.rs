@@ -8,7 +8,7 @@ mod ops;
 
 pub use cpu::{ConvGeom, CpuStorage, Epilogue};
 pub(crate) use ops::merge_dims;
-pub use ops::{AdamStep, BinaryOp, BnCoeffs, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
+pub use ops::{AdamStep, BinaryOp, BnCoeffs, ChannelPartials, ChannelSums, NcsDims, ReduceOp, UnaryOp, Window2d};
 
 use crate::{DType, Device, Error, Layout, Result};
 use cuda::storage::{self as cu, on_cpu, upload, CudaStorage};
@@ -88,7 +88,8 @@ fn check_ncs(op: &'static str, d: NcsDims, x: &Storage, operands: &[(&Storage, u
 /// One parameter's (p, g, m, v) for [`Storage::adam_step_many`].
 pub type AdamItem<'a> = (&'a mut Storage, &'a Storage, &'a mut Storage, &'a mut Storage);
 
-/// Per-channel vectors of batch norm: F32, at least `c` (> 0) elements each.
+/// Per-channel vectors of batch norm: F32, at least `c` (> 0) elements each (`c`: channels,
+/// or channels × pieces for partial sums).
 fn check_channel_vectors(op: &'static str, c: usize, vs: &[&Storage]) -> Result<()> {
     if c == 0 {
         return Err(Error::invalid(op, "no channels"));
@@ -410,22 +411,34 @@ impl Storage {
             (s, i) => Err(mixed("max_pool2d_backward", s.device(), i.device())),
         }
     }
-    /// Per-channel sums over `self`, a contiguous F32 x [n, c, s] (see [`ChannelSums`]):
-    /// F32 [c], and for `Gradients` a second F32 [c] (Σdy·x̂ beside Σdy).
-    pub fn channel_sums(&self, d: NcsDims, what: ChannelSums<&Storage>) -> Result<(Storage, Option<Storage>)> {
+    /// Per-channel sums over `self`, a contiguous F32 x [n, c, s] (see [`ChannelSums`]), as
+    /// [c, pieces] partial sums (see [`ChannelPartials`]): for `Gradients` Σdy·x̂'s beside
+    /// Σdy's.
+    pub fn channel_sums(&self, d: NcsDims, what: ChannelSums<&Storage>) -> Result<ChannelPartials<Storage>> {
         let _p = crate::profile::scope("channel_sums");
         check_ncs("channel_sums", d, self, &what.operands(d))?;
+        if let ChannelSums::SquaredDeviations { pieces: 0, .. } = what {
+            return Err(Error::invalid("channel_sums", "partial sums of 0 pieces"));
+        }
         match self {
             Storage::Cpu(x) => {
                 let what = what.try_map(|s| cpu_storage("channel_sums", s))?;
-                let (a, b) = cpu::channel_sums(x, d, what)?;
-                Ok((Storage::Cpu(a), b.map(Storage::Cpu)))
+                let p = cpu::channel_sums(x, d, what)?;
+                Ok(ChannelPartials {
+                    first: Storage::Cpu(p.first),
+                    second: p.second.map(Storage::Cpu),
+                    pieces: p.pieces,
+                })
             }
             Storage::Cuda(x) => {
                 let dev = x.device();
                 let what = what.try_map(|s| cuda_storage_for("channel_sums", dev, s))?;
-                let (a, b) = cuda::norm::channel_sums(x, d, what)?;
-                Ok((Storage::Cuda(a), b.map(Storage::Cuda)))
+                let p = cuda::norm::channel_sums(x, d, what)?;
+                Ok(ChannelPartials {
+                    first: Storage::Cuda(p.first),
+                    second: p.second.map(Storage::Cuda),
+                    pieces: p.pieces,
+                })
             }
         }
     }
@@ -454,13 +467,16 @@ impl Storage {
             }
         }
     }
-    /// Batch norm's per-channel arithmetic on F32 [c] vectors (see [`BnCoeffs`]): 4 or 3 new
-    /// F32 [c] vectors.
+    /// Batch norm's per-channel arithmetic (see [`BnCoeffs`]): 5 new F32 [c] vectors.
     pub fn bn_coeffs(c: usize, what: BnCoeffs<&Storage>) -> Result<Vec<Storage>> {
         let _p = crate::profile::scope("bn_coeffs");
-        let ins = what.inputs();
-        check_channel_vectors("bn_coeffs", c, &ins)?;
-        match ins[0] {
+        if what.pieces() == 0 {
+            return Err(Error::invalid("bn_coeffs", "partial sums of 0 pieces"));
+        }
+        for (s, need) in what.inputs(c) {
+            check_channel_vectors("bn_coeffs", need, &[s])?;
+        }
+        match what.inputs(c)[0].0 {
             Storage::Cpu(_) => {
                 let what = what.try_map(|s| cpu_storage("bn_coeffs", s))?;
                 Ok(cpu::bn_coeffs(c, what)?.into_iter().map(Storage::Cpu).collect())

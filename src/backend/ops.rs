@@ -190,48 +190,70 @@ pub struct NcsDims {
     pub s: usize,
 }
 
-/// Batch norm's per-channel arithmetic between its passes, on F32 [c] vectors, in one pass
-/// (one launch on a GPU; kernels/norm.cu `bn_coeffs_f32` has the formulas). `S` is the
-/// operands' storage type.
+/// Batch norm's per-channel arithmetic between its passes, on F32 [c] vectors and the
+/// passes' [c, pieces] partial sums (folded here), in one pass (one launch on a GPU;
+/// kernels/norm.cu `bn_coeffs_f32` has the formulas). `S` is the operands' storage type.
 #[derive(Debug, Clone, Copy)]
 pub enum BnCoeffs<S> {
-    /// (mean, var, rstd, a, shift) from weight, bias, Σx and Σ(x - mean)²: y = a·x + shift.
-    Forward { weight: S, bias: S, sum: S, sq: S, inv_count: f32, eps: f32 },
-    /// (A, B, D) from weight, rstd, mean, Σdy and Σdy·x̂: dx = A·dy + B·x + D.
-    Backward { weight: S, rstd: S, mean: S, sdy: S, sdyx: S, inv_count: f32 },
+    /// (mean, var, rstd, a, shift) from weight, bias and the partial sums of x and of
+    /// (x - mean)²: y = a·x + shift.
+    Forward { weight: S, bias: S, sums: S, sq: S, pieces: usize, inv_count: f32, eps: f32 },
+    /// (A, B, D, Σdy, Σdy·x̂) from weight, rstd, mean and the partial sums of dy and dy·x̂:
+    /// dx = A·dy + B·x + D; Σdy and Σdy·x̂ are the bias and weight gradients.
+    Backward { weight: S, rstd: S, mean: S, sdy: S, sdyx: S, pieces: usize, inv_count: f32 },
 }
 
 impl<S: Copy> BnCoeffs<S> {
-    /// The [c] inputs, in the kernel's order (in0..).
-    pub fn inputs(&self) -> Vec<S> {
+    /// The inputs in the kernel's order (in0..), each with the elements it must hold.
+    pub fn inputs(&self, c: usize) -> Vec<(S, usize)> {
         match *self {
-            BnCoeffs::Forward { weight, bias, sum, sq, .. } => vec![weight, bias, sum, sq],
-            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, .. } => vec![weight, rstd, mean, sdy, sdyx],
+            BnCoeffs::Forward { weight, bias, sums, sq, pieces, .. } => {
+                vec![(weight, c), (bias, c), (sums, c * pieces), (sq, c * pieces)]
+            }
+            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, pieces, .. } => {
+                vec![(weight, c), (rstd, c), (mean, c), (sdy, c * pieces), (sdyx, c * pieces)]
+            }
         }
     }
-    /// How many [c] vectors it gives.
-    pub fn outputs(&self) -> usize {
-        match self {
-            BnCoeffs::Forward { .. } => 5,
-            BnCoeffs::Backward { .. } => 3,
+    /// Partial sums per channel in the inputs that hold them.
+    pub fn pieces(&self) -> usize {
+        match *self {
+            BnCoeffs::Forward { pieces, .. } | BnCoeffs::Backward { pieces, .. } => pieces,
         }
     }
     /// The same request over other operands.
     pub fn try_map<T>(self, mut f: impl FnMut(S) -> crate::Result<T>) -> crate::Result<BnCoeffs<T>> {
         Ok(match self {
-            BnCoeffs::Forward { weight, bias, sum, sq, inv_count, eps } => {
-                BnCoeffs::Forward { weight: f(weight)?, bias: f(bias)?, sum: f(sum)?, sq: f(sq)?, inv_count, eps }
-            }
-            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, inv_count } => BnCoeffs::Backward {
+            BnCoeffs::Forward { weight, bias, sums, sq, pieces, inv_count, eps } => BnCoeffs::Forward {
+                weight: f(weight)?,
+                bias: f(bias)?,
+                sums: f(sums)?,
+                sq: f(sq)?,
+                pieces,
+                inv_count,
+                eps,
+            },
+            BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, pieces, inv_count } => BnCoeffs::Backward {
                 weight: f(weight)?,
                 rstd: f(rstd)?,
                 mean: f(mean)?,
                 sdy: f(sdy)?,
                 sdyx: f(sdyx)?,
+                pieces,
                 inv_count,
             },
         })
     }
+}
+
+/// `channel_sums`' answer: F32 [c, pieces] partial sums (channel ch's sum is the sum of row
+/// ch; a GPU sums each channel in pieces to fill its blocks, the CPU in one), and for
+/// `Gradients` a second such matrix. `bn_coeffs` and the next pass fold them.
+#[derive(Debug)]
+pub struct ChannelPartials<S> {
+    pub first: S,
+    pub second: Option<S>,
+    pub pieces: usize,
 }
 
 /// What `channel_sums` adds up per channel of x; `S` is the operands' storage type (all
@@ -240,9 +262,10 @@ impl<S: Copy> BnCoeffs<S> {
 pub enum ChannelSums<S> {
     /// Σ x.
     Values,
-    /// Σ (x - mean)² with mean = sum·inv_count, the f32 product (so the kernel needs no
-    /// separate launch to make the mean; `bn_coeffs` makes the same product).
-    SquaredDeviations { sum: S, inv_count: f32 },
+    /// Σ (x - mean)² with mean = (the fold of `sums`, the [c, pieces] partial sums that
+    /// `Values` gave) · inv_count, in f32 (so no launch makes the mean in between;
+    /// `bn_coeffs` makes the same fold and product).
+    SquaredDeviations { sums: S, pieces: usize, inv_count: f32 },
     /// Σ dy and Σ dy · (x - mean) · rstd: batch norm's bias and weight gradients.
     Gradients { dy: S, mean: S, rstd: S },
 }
@@ -252,8 +275,8 @@ impl<S: Copy> ChannelSums<S> {
     pub fn try_map<T>(self, mut f: impl FnMut(S) -> crate::Result<T>) -> crate::Result<ChannelSums<T>> {
         Ok(match self {
             ChannelSums::Values => ChannelSums::Values,
-            ChannelSums::SquaredDeviations { sum, inv_count } => {
-                ChannelSums::SquaredDeviations { sum: f(sum)?, inv_count }
+            ChannelSums::SquaredDeviations { sums, pieces, inv_count } => {
+                ChannelSums::SquaredDeviations { sums: f(sums)?, pieces, inv_count }
             }
             ChannelSums::Gradients { dy, mean, rstd } => {
                 ChannelSums::Gradients { dy: f(dy)?, mean: f(mean)?, rstd: f(rstd)? }
@@ -264,7 +287,7 @@ impl<S: Copy> ChannelSums<S> {
     pub fn operands(&self, d: NcsDims) -> Vec<(S, usize)> {
         match *self {
             ChannelSums::Values => vec![],
-            ChannelSums::SquaredDeviations { sum, .. } => vec![(sum, d.c)],
+            ChannelSums::SquaredDeviations { sums, pieces, .. } => vec![(sums, d.c * pieces)],
             ChannelSums::Gradients { dy, mean, rstd } => vec![(dy, d.n * d.c * d.s), (mean, d.c), (rstd, d.c)],
         }
     }

@@ -68,12 +68,26 @@ impl Tensor {
         let (w, b) = (weight.detach(), bias.detach());
         let (y, mean, var, rstd) = no_grad(|| -> Result<_> {
             let inv_count = inv_count as f32;
-            let (sum, _) = x.storage().channel_sums(d, ChannelSums::Values)?;
-            let (sq, _) = x.storage().channel_sums(d, ChannelSums::SquaredDeviations { sum: &sum, inv_count })?;
-            // mean = Σx/N (the product the pass above used), var = Σ(x - mean)²/N,
-            // rstd = 1/sqrt(var + eps); y = a·x + shift with a = weight·rstd, shift = bias - mean·a.
+            let sums = x.storage().channel_sums(d, ChannelSums::Values)?;
+            let pieces = sums.pieces;
+            let what = ChannelSums::SquaredDeviations { sums: &sums.first, pieces, inv_count };
+            let sq = x.storage().channel_sums(d, what)?;
+            if sq.pieces != pieces {
+                return Err(Error::invalid("batch_norm", "internal: the two passes summed in different pieces"));
+            }
+            // mean = Σx/N (as the pass above made it), var = Σ(x - mean)²/N, rstd =
+            // 1/sqrt(var + eps); y = a·x + shift with a = weight·rstd, shift = bias - mean·a.
             let (ws, bs) = (w.storage(), b.storage());
-            let what = BnCoeffs::Forward { weight: &*ws, bias: &*bs, sum: &sum, sq: &sq, inv_count, eps: eps as f32 };
+            let (weight, bias) = (&*ws, &*bs);
+            let what = BnCoeffs::Forward {
+                weight,
+                bias,
+                sums: &sums.first,
+                sq: &sq.first,
+                pieces,
+                inv_count,
+                eps: eps as f32,
+            };
             let [mean, var, rstd, a, shift]: [Storage; 5] = Storage::bn_coeffs(c, what)?
                 .try_into()
                 .map_err(|_| Error::invalid("batch_norm", "internal: bn_coeffs gave another count"))?;
@@ -90,22 +104,24 @@ impl Tensor {
             move |g| {
                 let g = packed(g)?;
                 let what = ChannelSums::Gradients { dy: &*g.storage(), mean: &*mean.storage(), rstd: &*rstd.storage() };
-                let (sdy, sdyx) = x.storage().channel_sums(d, what)?;
-                let sdyx = sdyx.ok_or_else(|| Error::Backward("batch_norm: the pass gave no Σdy·x̂".into()))?;
+                let sums = x.storage().channel_sums(d, what)?;
+                let sdyx = sums.second.ok_or_else(|| Error::Backward("batch_norm: the pass gave no Σdy·x̂".into()))?;
+                // dx = w·rstd·(dy - Σdy/N - x̂·Σ(dy·x̂)/N) = A·dy + B·x + D per channel, with
+                // A = w·rstd, B = -A·rstd·Σ(dy·x̂)/N, D = -A·Σdy/N - B·mean; and the folded
+                // Σdy, Σdy·x̂ (the bias and weight gradients).
+                let what = BnCoeffs::Backward {
+                    weight: &*w.storage(),
+                    rstd: &*rstd.storage(),
+                    mean: &*mean.storage(),
+                    sdy: &sums.first,
+                    sdyx: &sdyx,
+                    pieces: sums.pieces,
+                    inv_count: inv_count as f32,
+                };
+                let [a, bb, dd, sdy, sdyx]: [Storage; 5] = Storage::bn_coeffs(c, what)?
+                    .try_into()
+                    .map_err(|_| Error::Backward("batch_norm: bn_coeffs gave another count".into()))?;
                 let dx = if need[0] {
-                    // dx = w·rstd·(dy - Σdy/N - x̂·Σ(dy·x̂)/N) = A·dy + B·x + D per channel, with
-                    // A = w·rstd, B = -A·rstd·Σ(dy·x̂)/N, D = -A·Σdy/N - B·mean.
-                    let what = BnCoeffs::Backward {
-                        weight: &*w.storage(),
-                        rstd: &*rstd.storage(),
-                        mean: &*mean.storage(),
-                        sdy: &sdy,
-                        sdyx: &sdyx,
-                        inv_count: inv_count as f32,
-                    };
-                    let [a, bb, dd]: [Storage; 3] = Storage::bn_coeffs(c, what)?
-                        .try_into()
-                        .map_err(|_| Error::Backward("batch_norm: bn_coeffs gave another count".into()))?;
                     let s = g.storage().channel_affine(Some(&x.storage()), d, (&a, &bb, &dd))?;
                     Some(Tensor::from_storage(s, Layout::contiguous(g.shape().clone())))
                 } else {

@@ -4,7 +4,7 @@
 //! fused BatchNorm (src/ops/norm.rs) is built from these; kernels/norm.cu is the CUDA side.
 
 use super::{CpuData, CpuStorage};
-use crate::backend::{BnCoeffs, ChannelSums, NcsDims};
+use crate::backend::{BnCoeffs, ChannelPartials, ChannelSums, NcsDims};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -23,30 +23,34 @@ fn channel(d: NcsDims, ch: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Per-channel sums (f64 accumulation), each output F32 [c]: Σx, Σ(x - mean)², or
-/// (Σdy, Σdy·(x - mean)·rstd).
-pub fn channel_sums(
-    x: &CpuStorage,
-    d: NcsDims,
-    what: ChannelSums<&CpuStorage>,
-) -> Result<(CpuStorage, Option<CpuStorage>)> {
+/// The sum of channel `ch`'s `pieces` partial sums (row ch of a [c, pieces] matrix), in
+/// order, in f32: kernels/norm.cu's `kiln_fold`.
+pub fn fold(partials: &[f32], pieces: usize, ch: usize) -> f32 {
+    partials[ch * pieces..(ch + 1) * pieces].iter().fold(0.0f32, |a, &v| a + v)
+}
+
+/// Per-channel sums (f64 accumulation), each F32 [c] (one piece per channel): Σx, Σ(x -
+/// mean)², or (Σdy, Σdy·(x - mean)·rstd).
+pub fn channel_sums(x: &CpuStorage, d: NcsDims, what: ChannelSums<&CpuStorage>) -> Result<ChannelPartials<CpuStorage>> {
     enum Of<'a> {
         Values,
-        SquaredDeviations(&'a [f32], f32),
+        SquaredDeviations(&'a [f32], usize, f32),
         Gradients(&'a [f32], &'a [f32], &'a [f32]),
     }
     let op = "channel_sums";
     let x = f32s(op, x)?;
     let of = match what {
         ChannelSums::Values => Of::Values,
-        ChannelSums::SquaredDeviations { sum, inv_count } => Of::SquaredDeviations(f32s(op, sum)?, inv_count),
+        ChannelSums::SquaredDeviations { sums, pieces, inv_count } => {
+            Of::SquaredDeviations(f32s(op, sums)?, pieces, inv_count)
+        }
         ChannelSums::Gradients { dy, mean, rstd } => Of::Gradients(f32s(op, dy)?, f32s(op, mean)?, f32s(op, rstd)?),
     };
     let one = |ch: usize| -> (f64, f64) {
         match of {
             Of::Values => (channel(d, ch).map(|i| x[i] as f64).sum(), 0.0),
-            Of::SquaredDeviations(sum, inv_count) => {
-                let m = (sum[ch] * inv_count) as f64;
+            Of::SquaredDeviations(sums, pieces, inv_count) => {
+                let m = (fold(sums, pieces, ch) * inv_count) as f64;
                 (channel(d, ch).map(|i| (x[i] as f64 - m).powi(2)).sum(), 0.0)
             }
             Of::Gradients(dy, m, r) => {
@@ -64,7 +68,7 @@ pub fn channel_sums(
     let first = CpuStorage::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<f32>>());
     let second = matches!(of, Of::Gradients(..))
         .then(|| CpuStorage::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<f32>>()));
-    Ok((first, second))
+    Ok(ChannelPartials { first, second, pieces: 1 })
 }
 
 /// Batch norm's per-channel arithmetic (see [`BnCoeffs`]): the same f32 operations in the
@@ -72,26 +76,28 @@ pub fn channel_sums(
 pub fn bn_coeffs(c: usize, what: BnCoeffs<&CpuStorage>) -> Result<Vec<CpuStorage>> {
     let op = "bn_coeffs";
     let outs: Vec<Vec<f32>> = match what {
-        BnCoeffs::Forward { weight, bias, sum, sq, inv_count, eps } => {
-            let (w, b, sum, sq) = (f32s(op, weight)?, f32s(op, bias)?, f32s(op, sum)?, f32s(op, sq)?);
+        BnCoeffs::Forward { weight, bias, sums, sq, pieces, inv_count, eps } => {
+            let (w, b, sums, sq) = (f32s(op, weight)?, f32s(op, bias)?, f32s(op, sums)?, f32s(op, sq)?);
             let mut o = vec![vec![0f32; c]; 5];
             for ch in 0..c {
-                let mean = sum[ch] * inv_count;
-                let var = sq[ch] * inv_count;
+                let mean = fold(sums, pieces, ch) * inv_count;
+                let var = fold(sq, pieces, ch) * inv_count;
                 let rstd = 1.0 / (var + eps).sqrt();
                 let a = w[ch] * rstd;
                 (o[0][ch], o[1][ch], o[2][ch], o[3][ch], o[4][ch]) = (mean, var, rstd, a, b[ch] - mean * a);
             }
             o
         }
-        BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, inv_count } => {
+        BnCoeffs::Backward { weight, rstd, mean, sdy, sdyx, pieces, inv_count } => {
             let (w, r, m) = (f32s(op, weight)?, f32s(op, rstd)?, f32s(op, mean)?);
             let (sdy, sdyx) = (f32s(op, sdy)?, f32s(op, sdyx)?);
-            let mut o = vec![vec![0f32; c]; 3];
+            let mut o = vec![vec![0f32; c]; 5];
             for ch in 0..c {
+                let (gy, gyx) = (fold(sdy, pieces, ch), fold(sdyx, pieces, ch));
                 let a = w[ch] * r[ch];
-                let b = -(a * r[ch] * sdyx[ch] * inv_count);
-                (o[0][ch], o[1][ch], o[2][ch]) = (a, b, -(a * sdy[ch] * inv_count) - b * m[ch]);
+                let b = -(a * r[ch] * gyx * inv_count);
+                (o[0][ch], o[1][ch], o[2][ch]) = (a, b, -(a * gy * inv_count) - b * m[ch]);
+                (o[3][ch], o[4][ch]) = (gy, gyx);
             }
             o
         }

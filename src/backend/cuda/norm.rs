@@ -3,10 +3,9 @@
 //! then `reduce_rows` adds each channel's pieces), the per-channel affine map, and the
 //! per-channel [c] arithmetic between them (`bn_coeffs`, `bn_running`: one launch each).
 
-use super::kernels::reduce_rows;
 use super::launch::{arg, grid_for, BLOCK};
 use super::storage::CudaStorage;
-use crate::backend::{BnCoeffs, ChannelSums, NcsDims, ReduceOp};
+use crate::backend::{BnCoeffs, ChannelPartials, ChannelSums, NcsDims};
 use crate::{DType, Error, Result};
 
 /// Pieces per channel: enough blocks to fill a GPU (~1024 in all) while each piece keeps
@@ -20,7 +19,7 @@ pub fn channel_sums(
     x: &CudaStorage,
     d: NcsDims,
     what: ChannelSums<&CudaStorage>,
-) -> Result<(CudaStorage, Option<CudaStorage>)> {
+) -> Result<ChannelPartials<CudaStorage>> {
     if d.c == 0 || d.c > i32::MAX as usize {
         return Err(Error::invalid("channel_sums", format!("{} channels: need 1..=2^31-1 (one block row each)", d.c)));
     }
@@ -29,12 +28,12 @@ pub fn channel_sums(
     let two = matches!(what, ChannelSums::Gradients { .. });
     let part0 = CudaStorage::uninit(dev, DType::F32, d.c * p)?;
     let part1 = if two { Some(CudaStorage::uninit(dev, DType::F32, d.c * p)?) } else { None };
-    let mut inv_count = 0.0f32;
+    let (mut inv_count, mut sum_pieces) = (0.0f32, 0i64);
     let (mut mode, mut dy, mut mean, mut rstd): (i32, u64, u64, u64) = match what {
         ChannelSums::Values => (0, 0, 0, 0),
-        ChannelSums::SquaredDeviations { sum, inv_count: k } => {
-            inv_count = k;
-            (1, 0, sum.ptr(), 0)
+        ChannelSums::SquaredDeviations { sums, pieces, inv_count: k } => {
+            (inv_count, sum_pieces) = (k, pieces as i64);
+            (1, 0, sums.ptr(), 0)
         }
         ChannelSums::Gradients { dy, mean, rstd } => (2, dy.ptr(), mean.ptr(), rstd.ptr()),
     };
@@ -46,6 +45,7 @@ pub fn channel_sums(
         arg(&mut s),
         arg(&mut mode),
         arg(&mut inv_count),
+        arg(&mut sum_pieces),
         arg(&mut xp),
         arg(&mut dy),
         arg(&mut mean),
@@ -54,13 +54,9 @@ pub fn channel_sums(
         arg(&mut p1),
     ];
     dev.launcher().launch("channel_sums_f32", (d.c as u32, p as u32, 1), (BLOCK, 1, 1), 0, &mut args)?;
-    // Each channel's pieces: a [c, p] matrix whose rows reduce_rows adds.
-    let fold = |part: &CudaStorage| -> Result<CudaStorage> {
-        let out = CudaStorage::uninit(dev, DType::F32, d.c)?;
-        reduce_rows(dev.launcher(), DType::F32, ReduceOp::Sum, d.c, p, part.ptr(), out.ptr())?;
-        Ok(out)
-    };
-    Ok((fold(&part0)?, part1.as_ref().map(fold).transpose()?))
+    // Each channel's pieces stay a [c, p] matrix: the next pass and bn_coeffs fold its rows
+    // (a launch of its own per matrix before).
+    Ok(ChannelPartials { first: part0, second: part1, pieces: p })
 }
 
 pub fn channel_affine(
@@ -93,9 +89,9 @@ pub fn channel_affine(
 }
 
 pub fn bn_coeffs(c: usize, what: BnCoeffs<&CudaStorage>) -> Result<Vec<CudaStorage>> {
-    let ins = what.inputs();
+    let ins: Vec<&CudaStorage> = what.inputs(c).into_iter().map(|(s, _)| s).collect();
     let dev = ins[0].dev();
-    let outs = (0..what.outputs()).map(|_| CudaStorage::uninit(dev, DType::F32, c)).collect::<Result<Vec<_>>>()?;
+    let outs = (0..5).map(|_| CudaStorage::uninit(dev, DType::F32, c)).collect::<Result<Vec<_>>>()?;
     if c == 0 {
         return Ok(outs);
     }
@@ -106,11 +102,12 @@ pub fn bn_coeffs(c: usize, what: BnCoeffs<&CudaStorage>) -> Result<Vec<CudaStora
     let ptr = |v: Option<&CudaStorage>| v.map_or(0u64, |s| s.ptr());
     let mut inp: [u64; 5] = std::array::from_fn(|i| ptr(ins.get(i).copied()));
     let mut outp: [u64; 5] = std::array::from_fn(|i| ptr(outs.get(i)));
-    let mut cc = c as i64;
+    let (mut cc, mut pieces) = (c as i64, what.pieces() as i64);
     let [i0, i1, i2, i3, i4] = &mut inp;
     let [o0, o1, o2, o3, o4] = &mut outp;
     let mut args = [
         arg(&mut cc),
+        arg(&mut pieces),
         arg(&mut mode),
         arg(&mut inv_count),
         arg(&mut eps),
