@@ -580,21 +580,24 @@ impl Storage {
         }
         cu::adam_step_many(&mut cuda, h)
     }
+    /// Mean cross-entropy of logits `self` [n, classes] at `labels`: the loss as one element
+    /// of the logits' dtype on their device (on a GPU it never visits the host, so reading it
+    /// is the caller's choice of sync), and the gradient (softmax - target)/n if wanted.
     pub fn cross_entropy(
         &self,
         l: &Layout,
         labels: &[i64],
         smoothing: f64,
         want_grad: bool,
-    ) -> Result<(f64, Option<Storage>)> {
+    ) -> Result<(Storage, Option<Storage>)> {
         let _p = crate::profile::scope("cross_entropy");
         match self {
             Storage::Cpu(s) => {
-                cpu::cross_entropy(s, l, labels, smoothing, want_grad).map(|(v, g)| (v, g.map(Storage::Cpu)))
+                let (loss, g) = cpu::cross_entropy(s, l, labels, smoothing, want_grad)?;
+                Ok((Storage::full(loss, 1, s.dtype(), Device::Cpu)?, g.map(Storage::Cpu)))
             }
-            Storage::Cuda(s) => {
-                cu::cross_entropy(s, l, labels, smoothing, want_grad).map(|(v, g)| (v, g.map(Storage::Cuda)))
-            }
+            Storage::Cuda(s) => cu::cross_entropy(s, l, labels, smoothing, want_grad)
+                .map(|(v, g)| (Storage::Cuda(v), g.map(Storage::Cuda))),
         }
     }
 }

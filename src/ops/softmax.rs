@@ -75,12 +75,10 @@ impl Tensor {
         let y = labels.storage().indices(labels.layout(), "cross_entropy")?;
         let want_grad = crate::is_grad_enabled() && self.requires_grad();
         let (loss, grad) = self.storage().cross_entropy(self.layout(), &y, label_smoothing, want_grad)?;
-        let Some(grad) = grad else { return Tensor::full(loss, [], self.dtype(), self.device()) };
+        let scalar = Layout::contiguous(Shape::new(vec![]));
+        let Some(grad) = grad else { return Ok(Tensor::from_storage(loss, scalar)) };
         let grad = Tensor::from_storage(grad, Layout::contiguous(self.shape().clone()));
-        let s = crate::backend::Storage::full(loss, 1, self.dtype(), self.device())?;
-        Ok(Tensor::from_op(s, Layout::contiguous(Shape::new(vec![])), "cross_entropy", &[self], move |g| {
-            Ok(vec![Some(grad.mul(g)?)])
-        }))
+        Ok(Tensor::from_op(loss, scalar, "cross_entropy", &[self], move |g| Ok(vec![Some(grad.mul(g)?)])))
     }
 
     /// Negative log-likelihood of log-probabilities [n, classes] at I64 labels [n] (mean).

@@ -447,12 +447,16 @@ pub fn cross_entropy(
     labels: &[i64],
     smoothing: f64,
     want_grad: bool,
-) -> Result<(f64, Option<CudaStorage>)> {
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
     let (n, c) = (l.dims()[0], l.dims()[1]);
     if !has_kernels(s.dtype) || n == 0 || c == 0 {
         return host("host:cross_entropy", || {
             let (loss, g) = crate::backend::cpu::cross_entropy(&on_cpu(s)?, l, labels, smoothing, want_grad)?;
-            Ok((loss, g.map(|g| upload(s, g)).transpose()?))
+            let loss = crate::backend::Storage::full(loss, 1, s.dtype, crate::Device::Cpu)?;
+            let crate::backend::Storage::Cpu(loss) = loss else {
+                return Err(Error::invalid("cross_entropy", "internal: a CPU scalar on another device"));
+            };
+            Ok((upload(s, loss)?, g.map(|g| upload(s, g)).transpose()?))
         });
     }
     if let Some(&bad) = labels.iter().find(|&&y| y < 0 || y as usize >= c) {
@@ -476,8 +480,13 @@ pub fn cross_entropy(
         grad.as_ref().map(|g| g.ptr()).unwrap_or(0),
         status.ptr(),
     )?;
-    let per_row = loss.to_cpu()?.to_vec::<f32>(&Layout::contiguous(crate::Shape::new(vec![n])));
-    Ok((per_row.iter().map(|&v| v as f64).sum::<f64>() / n as f64, grad))
+    // The mean of the rows' losses on the device (it was read back and averaged on the host:
+    // a sync per step).
+    let sum = reduce(&loss, &Layout::contiguous(crate::Shape::new(vec![n])), &[0], ReduceOp::Sum)?;
+    let one = Layout::contiguous(crate::Shape::new(vec![1]));
+    let mean = unary(&sum, &one, UnaryOp::Affine { mul: 1.0 / n as f64, add: 0.0 })?;
+    let mean = if s.dtype == DType::F32 { mean } else { to_contiguous_as(&mean, &one, s.dtype)? };
+    Ok((mean, grad))
 }
 
 /// The fused Adam/AdamW step for many parameters of one device in one launch: their chunks'
