@@ -72,6 +72,18 @@ fn train_on(
     model.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect()
 }
 
+/// Every rank's parameters within 1e-5 of one process's (`one`) and the same bits as rank 0's.
+fn assert_ranks_match(results: &[Vec<Vec<f32>>], one: &[Vec<f32>], what: &str) {
+    for (rank, params) in results.iter().enumerate() {
+        for (i, (got, want)) in params.iter().zip(one).enumerate() {
+            let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff <= 1e-5, "{what}, rank {rank}, parameter {i}: max |diff| {diff}");
+            let same = got.iter().zip(&results[0][i]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: rank {rank} drifted from rank 0 (parameter {i})");
+        }
+    }
+}
+
 #[test]
 fn n_workers_train_to_the_parameters_of_one_with_the_combined_batch() {
     for kind in ["sgd", "adam"] {
@@ -89,14 +101,7 @@ fn n_workers_train_to_the_parameters_of_one_with_the_combined_batch() {
                 })
             })
             .unwrap();
-            for (rank, params) in results.iter().enumerate() {
-                for (i, (got, want)) in params.iter().zip(&one).enumerate() {
-                    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                    assert!(diff <= 1e-5, "{kind}, {n} workers, rank {rank}, parameter {i}: max |diff| {diff}");
-                    let same = got.iter().zip(&results[0][i]).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{kind}, {n} workers: rank {rank} drifted from rank 0 (parameter {i})");
-                }
-            }
+            assert_ranks_match(&results, &one, &format!("{kind}, {n} workers"));
             // And training did move the parameters (the comparison is not between two inits).
             let init = kiln::rng::scoped(11, || model().parameters()[0].to_vec::<f32>().unwrap());
             assert!(init.iter().zip(&one[0]).any(|(a, b)| (a - b).abs() > 1e-3), "{kind}: nothing trained");
@@ -123,14 +128,7 @@ fn workers_on_a_device_train_to_the_parameters_of_one_cpu_process() {
             })
         })
         .unwrap();
-        for (rank, params) in results.iter().enumerate() {
-            for (i, (got, want)) in params.iter().zip(&one).enumerate() {
-                let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(diff <= 1e-5, "{kind} on {device}, rank {rank}, parameter {i}: max |diff| {diff}");
-                let same = got.iter().zip(&results[0][i]).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{kind} on {device}: rank {rank} drifted from rank 0 (parameter {i})");
-            }
-        }
+        assert_ranks_match(&results, &one, &format!("{kind} on {device}"));
     }
 }
 
