@@ -1,7 +1,8 @@
 //! Batch normalisation's two passes on a CUDA device (kernels/norm.cu), the device side of
 //! src/backend/cpu/norm.rs: per-channel sums in pieces (one block per channel and piece,
-//! then `reduce_rows` adds each channel's pieces), the per-channel affine map, and the
-//! per-channel [c] arithmetic between them (`bn_coeffs`, `bn_running`: one launch each).
+//! left as [c, pieces] partial sums for their next reader to fold), the per-channel affine
+//! map, and the per-channel [c] arithmetic between them (`bn_coeffs`, `bn_running`: one
+//! launch each).
 
 use super::launch::{arg, grid_for, BLOCK};
 use super::storage::CudaStorage;
