@@ -564,9 +564,17 @@ impl Storage {
             return Ok(false);
         }
         if device == Device::Cpu {
+            // All or none: stepping some and then answering false would make the caller step
+            // those again. The CPU's fused step takes F32 and F64, all four buffers alike.
+            let fused = |(p, g, m, v): &AdamItem<'_>| {
+                matches!(p.dtype(), DType::F32 | DType::F64) && [g.dtype(), m.dtype(), v.dtype()] == [p.dtype(); 3]
+            };
+            if !items.iter().all(fused) {
+                return Ok(false);
+            }
             for (p, g, m, v) in items.iter_mut() {
                 if !p.adam_step(g, m, v, h)? {
-                    return Ok(false);
+                    return Err(Error::invalid("adam_step", "internal: the fused step refused a buffer it takes"));
                 }
             }
             return Ok(true);

@@ -172,3 +172,30 @@ fn adam_without_a_fused_kernel_takes_the_same_steps() {
         }
     }
 }
+
+/// One group with a parameter the fused kernel takes (f32) and one it does not (bf16): each
+/// takes exactly one step per `step()`, the f32 one the same as alone (a batch of fused
+/// steps that stopped half-way and fell back would step the f32 one twice).
+#[test]
+fn adam_steps_a_mixed_group_once_each() {
+    let p32 = t(&[1.0, -2.0], &[2]).requires_grad_().unwrap();
+    let p16 = t(&[1.0, -2.0], &[2]).to_dtype(kiln::DType::BF16).unwrap().requires_grad_().unwrap();
+    let alone = t(&[1.0, -2.0], &[2]).requires_grad_().unwrap();
+    let cfg = AdamConfig { decoupled_weight_decay: true, ..Default::default() };
+    let mut mixed = Adam::new(vec![ParamGroup::new(vec![p32.clone(), p16.clone()], 0.01, 0.1)], cfg);
+    let mut single = Adam::new(vec![ParamGroup::new(vec![alone.clone()], 0.01, 0.1)], cfg);
+    let want = adam_reference(true);
+    for (k, g) in GRADS.iter().enumerate() {
+        set_grad(&p32, g);
+        set_grad(&alone, g);
+        p16.zero_grad();
+        let gt = t(g, &[2]).to_dtype(kiln::DType::BF16).unwrap();
+        p16.mul(&gt).unwrap().sum_all().unwrap().backward().unwrap();
+        mixed.step().unwrap();
+        single.step().unwrap();
+        assert_eq!(vec32(&p32), vec32(&alone), "step {k}: the f32 parameter of the mixed group");
+        for (i, got) in vec32(&p16).iter().enumerate() {
+            assert!((*got as f64 - want[k][i]).abs() < 2e-2, "step {k}: bf16 {got} vs {}", want[k][i]);
+        }
+    }
+}
