@@ -596,6 +596,37 @@ fn optimizer_steps_equal_the_cpu_bit_for_bit() {
     }
 }
 
+/// Clipping by the global norm on the device: the norm and the clipped gradients as on the
+/// CPU, with one download in all (the norm), not one per parameter.
+#[test]
+fn clip_grad_norm_on_the_device_reads_once() {
+    let sizes = [300usize, 7, 1000];
+    let run = |device: Device| -> (f64, Vec<Vec<f32>>, u64) {
+        let ps: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let p = randn(&[n], DType::F32, 90 + i as u64).to_device(device).unwrap().requires_grad_().unwrap();
+                let g = randn(&[n], DType::F32, 95 + i as u64).to_device(device).unwrap();
+                p.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                p
+            })
+            .collect();
+        let before = kiln::backend::cuda::counters::downloads_on_this_thread();
+        let norm = kiln::optim::clip_grad_norm(&ps, 1.0).unwrap();
+        let downloads = kiln::backend::cuda::counters::downloads_on_this_thread() - before;
+        (norm, ps.iter().map(|p| p.grad().unwrap().to_vec::<f32>().unwrap()).collect(), downloads)
+    };
+    let ((norm_cpu, g_cpu, _), (norm_dev, g_dev, downloads)) = (run(Device::Cpu), run(dev()));
+    // ~1300 standard normal gradients: a norm near 36, clipped to 1.
+    assert!(norm_cpu > 10.0 && (norm_dev - norm_cpu).abs() <= 1e-5 * norm_cpu, "norm {norm_dev} vs cpu {norm_cpu}");
+    for (i, (a, b)) in g_dev.iter().zip(&g_cpu).enumerate() {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-6, "clipped gradient {i}: max |diff| {diff}");
+    }
+    assert_eq!(downloads, 1, "downloads while clipping on {}", dev());
+}
+
 /// Adam's step over many parameters is one launch on the device (a table of chunks), with
 /// the CPU's bits: parameters of 1, 1000, 8192 (one whole chunk) and 20000 elements (three
 /// chunks, the last short), AdamW's decay, three steps; and a parameter without a gradient
