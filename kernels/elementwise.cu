@@ -163,6 +163,8 @@ KILN_COPY(copy_f32_f16, float, __half);
 KILN_COPY(copy_f16_f32, __half, float);
 KILN_COPY(copy_f32_bf16, float, __nv_bfloat16);
 KILN_COPY(copy_bf16_f32, __nv_bfloat16, float);
+// Round to nearest even, as Rust's `i64 as f32`: exact below 2^24 (counts, class indices).
+KILN_COPY(copy_i64_f32, int64_t, float);
 
 KILN_KERNEL void fill_f32(int64_t n, float v, float* __restrict__ y) {
     KILN_FOR_EACH(i, n) { y[i] = v; }

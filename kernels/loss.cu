@@ -33,9 +33,11 @@ __device__ float kiln_loss_block_fold(int op, float v, float* warp_acc, float* t
     return *total;
 }
 
-// A bad label (outside 0..cols) is not read: the row's loss becomes NaN, its gradient is not
-// written, and `status` records it (two u64 zeroed by the caller; [0] = 1, [1] = the label)
-// for the launcher side to turn into Error::IndexOutOfRange, as the CPU backend returns.
+// A bad label (outside 0..cols) is not read: the row's loss becomes NaN, its gradient row
+// zeros (the host learns of it only at its next sync: whatever runs before then must not
+// see undefined memory), and `status` records it (two u64, zero until the first report:
+// [0] = cols, [1] = the label) for the host to turn into Error::IndexOutOfRange, as the CPU
+// backend returns.
 #define KILN_CROSS_ENTROPY(NAME, T)                                                             \
     KILN_KERNEL void NAME(int64_t cols, float smoothing, float scale, const int64_t* __restrict__ labels, \
                           const T* __restrict__ x, float* __restrict__ loss, T* __restrict__ grad, \
@@ -47,9 +49,11 @@ __device__ float kiln_loss_block_fold(int op, float v, float* warp_acc, float* t
         const int64_t y = labels[r];                                                            \
         if (y < 0 || y >= cols) { /* the same for every thread of the block: no barrier skipped */ \
             if (threadIdx.x == 0) {                                                             \
-                if (atomicCAS(status, 0ull, 1ull) == 0ull) status[1] = (unsigned long long)y;   \
+                if (atomicCAS(status, 0ull, (unsigned long long)cols) == 0ull) status[1] = (unsigned long long)y; \
                 if (loss != nullptr) loss[r] = __int_as_float(0x7fc00000);                      \
             }                                                                                   \
+            if (grad != nullptr)                                                                \
+                for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) kiln_store(grad + r * cols, c, 0.0f); \
             return;                                                                             \
         }                                                                                       \
         float m = -__int_as_float(0x7f800000);                                                  \

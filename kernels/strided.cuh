@@ -95,6 +95,8 @@ __device__ __forceinline__ void kiln_offset3(const KilnStrided3& l, int64_t i, i
 __device__ __forceinline__ float kiln_load(const float* p, int64_t i) { return p[i]; }
 __device__ __forceinline__ float kiln_load(const __half* p, int64_t i) { return __half2float(p[i]); }
 __device__ __forceinline__ float kiln_load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+// I64 read as float (round to nearest even, as Rust's `as f32`): only copy_i64_f32 uses it.
+__device__ __forceinline__ float kiln_load(const int64_t* p, int64_t i) { return __ll2float_rn(p[i]); }
 __device__ __forceinline__ void kiln_store(float* p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void kiln_store(__half* p, int64_t i, float v) { p[i] = __float2half(v); }
 __device__ __forceinline__ void kiln_store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }

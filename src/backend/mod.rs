@@ -588,24 +588,38 @@ impl Storage {
         }
         cu::adam_step_many(&mut cuda, h)
     }
-    /// Mean cross-entropy of logits `self` [n, classes] at `labels`: the loss as one element
-    /// of the logits' dtype on their device (on a GPU it never visits the host, so reading it
-    /// is the caller's choice of sync), and the gradient (softmax - target)/n if wanted.
+    /// Mean cross-entropy of logits `self` [n, classes] at the I64 `labels` [n]: the loss as
+    /// one element of the logits' dtype on their device, and the gradient (softmax - target)/n
+    /// if wanted. On a GPU neither the labels nor the loss visit the host (a bad label is
+    /// reported at the next sync, see `cu::Labels`), so reading the loss is the caller's
+    /// choice of sync.
     pub fn cross_entropy(
         &self,
         l: &Layout,
-        labels: &[i64],
+        labels: &Storage,
+        ll: &Layout,
         smoothing: f64,
         want_grad: bool,
     ) -> Result<(Storage, Option<Storage>)> {
         let _p = crate::profile::scope("cross_entropy");
-        match self {
-            Storage::Cpu(s) => {
-                let (loss, g) = cpu::cross_entropy(s, l, labels, smoothing, want_grad)?;
+        match (self, labels) {
+            (Storage::Cpu(s), _) => {
+                let labels = labels.indices(ll, "cross_entropy")?;
+                let (loss, g) = cpu::cross_entropy(s, l, &labels, smoothing, want_grad)?;
                 Ok((Storage::full(loss, 1, s.dtype(), Device::Cpu)?, g.map(Storage::Cpu)))
             }
-            Storage::Cuda(s) => cu::cross_entropy(s, l, labels, smoothing, want_grad)
-                .map(|(v, g)| (Storage::Cuda(v), g.map(Storage::Cuda))),
+            (Storage::Cuda(s), labels) => {
+                let host;
+                let labels = match labels {
+                    Storage::Cuda(y) => cu::Labels::Device(y, ll),
+                    Storage::Cpu(y) => {
+                        host = y.indices(ll, "cross_entropy")?;
+                        cu::Labels::Host(&host)
+                    }
+                };
+                cu::cross_entropy(s, l, labels, smoothing, want_grad)
+                    .map(|(v, g)| (Storage::Cuda(v), g.map(Storage::Cuda)))
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ pub use csv::read_csv;
 pub use idx::{read_idx, IdxArray};
 pub use loader::{DataLoader, EpochIter};
 
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 /// A batch: model inputs and targets, first dim = samples.
 #[derive(Clone, Debug)]
@@ -55,11 +55,9 @@ impl Dataset for TensorDataset {
         self.inputs.dims()[0]
     }
     fn get_batch(&self, indices: &[usize]) -> Result<Batch> {
-        let idx = Tensor::from_vec(
-            indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-            [indices.len()],
-            self.inputs.device(),
-        )?;
+        // The index stays on the host: a GPU index would be downloaded again (a sync per batch).
+        let idx =
+            Tensor::from_vec(indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), [indices.len()], Device::Cpu)?;
         Ok(Batch { inputs: self.inputs.index_select(0, &idx)?, targets: self.targets.index_select(0, &idx)? })
     }
 }

@@ -8,7 +8,10 @@ impl Tensor {
         if index.dtype() != DType::I64 {
             return Err(Error::UnsupportedDType { op, dtype: index.dtype(), msg: "indices must be I64" });
         }
-        if index.device() != self.device() {
+        // Indices on the CPU are taken for a tensor on any device: the CUDA kernels get their
+        // indices from the host anyway, so a GPU index costs a download (a sync) and a CPU one
+        // nothing. An index on another GPU is a mistake.
+        if index.device() != self.device() && index.device() != crate::Device::Cpu {
             return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: index.device() });
         }
         Ok(())

@@ -72,9 +72,17 @@ impl Tensor {
         if !(0.0..=1.0).contains(&label_smoothing) {
             return Err(Error::invalid("cross_entropy", format!("label_smoothing {label_smoothing} is not in [0, 1]")));
         }
-        let y = labels.storage().indices(labels.layout(), "cross_entropy")?;
         let want_grad = crate::is_grad_enabled() && self.requires_grad();
-        let (loss, grad) = self.storage().cross_entropy(self.layout(), &y, label_smoothing, want_grad)?;
+        // Labels may sit on another device than the logits (class indices, not data): CPU
+        // labels for GPU logits are checked on the host and uploaded, GPU labels for CPU
+        // logits downloaded.
+        let (loss, grad) = self.storage().cross_entropy(
+            self.layout(),
+            &labels.storage(),
+            labels.layout(),
+            label_smoothing,
+            want_grad,
+        )?;
         let scalar = Layout::contiguous(Shape::new(vec![]));
         let Some(grad) = grad else { return Ok(Tensor::from_storage(loss, scalar)) };
         let grad = Tensor::from_storage(grad, Layout::contiguous(self.shape().clone()));

@@ -109,21 +109,23 @@ pub fn train_epoch(
             dp.begin_backward(n as f64 / loader.global_batch_len(b).max(1) as f64)?;
         }
         // A rank whose share of a short last batch is empty still joins the all-reduce.
-        let forward_backward = || -> Result<(f64, Option<Tensor>)> {
+        // The loss is read here only where that is free (on the CPU): a non-finite one then
+        // stops training before it reaches the parameters. On a GPU a read is a sync (the host
+        // waits for the forward pass, and the GPU then idles while backward is queued), so the
+        // loss and the step's correct count are read together once the whole step is queued.
+        let forward_backward = || -> Result<Option<(Tensor, Tensor)>> {
             if n == 0 {
-                return Ok((0.0, None));
+                return Ok(None);
             }
             let logits = model.forward(&batch.inputs)?;
             let loss = logits.cross_entropy(&batch.targets, cfg.label_smoothing)?;
-            let l = loss.to_scalar::<f64>()?;
-            if !l.is_finite() {
-                bar.abandon();
-                return Err(Error::NonFiniteLoss { loss: l, epoch, step: *step });
+            if loss.device() == crate::Device::Cpu {
+                finite(loss.to_scalar::<f64>()?, epoch, *step, &bar)?;
             }
             loss.backward()?;
-            Ok((l, Some(logits)))
+            Ok(Some((loss, logits)))
         };
-        let (l, logits) = match tuner.as_deref() {
+        let out = match tuner.as_deref() {
             Some(t) => t.run(forward_backward)?,
             None => forward_backward()?,
         };
@@ -133,17 +135,25 @@ pub fn train_epoch(
         if let Some(max) = cfg.clip_grad_norm {
             crate::optim::clip_grad_norm(&model.parameters(), max)?;
         }
-        let mut update = || -> Result<usize> {
+        let mut update = || -> Result<(f64, usize)> {
             opt.step()?;
-            match &logits {
-                Some(logits) => count_correct(&logits.detach(), &batch.targets),
-                None => Ok(0),
+            let Some((loss, logits)) = &out else { return Ok((0.0, 0)) };
+            let logits = logits.detach();
+            if loss.device() == crate::Device::Cpu {
+                return Ok((loss.to_scalar::<f64>()?, count_correct(&logits, &batch.targets)?));
             }
+            // [loss, correct] in one download.
+            let loss = loss.to_dtype(DType::F32)?.reshape([1])?;
+            let stats = Tensor::cat(&[loss, correct_count(&logits, &batch.targets)?], 0)?.to_vec::<f32>()?;
+            Ok((stats[0] as f64, stats[1] as usize))
         };
-        correct += match tuner.as_deref() {
+        let (l, hits) = match tuner.as_deref() {
             Some(t) => t.run(update)?,
             None => update()?,
         };
+        // On a GPU the step has been taken: the error says the parameters saw this loss.
+        finite(l, epoch, *step, &bar)?;
+        correct += hits;
         if let Some(t) = tuner.as_deref_mut() {
             t.record(work_start.elapsed());
         }
@@ -202,6 +212,20 @@ pub fn evaluate(model: &dyn Module, data: &dyn Dataset, batch_size: usize) -> Re
 }
 
 fn count_correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
-    let hits = logits.argmax(1, false)?.eq(targets)?.to_dtype(DType::F64)?.sum_all()?;
-    Ok(hits.to_scalar::<f64>()? as usize)
+    Ok(correct_count(logits, targets)?.to_scalar::<f32>()? as usize)
+}
+
+/// How many rows' argmax equal their targets, as one F32 element on the logits' device
+/// (exact: batches are far below 2^24 rows); nothing read back.
+fn correct_count(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits.argmax(1, false)?.eq(targets)?.to_dtype(DType::F32)?.sum_all()?.reshape([1])
+}
+
+/// NonFiniteLoss for a NaN or infinite loss, with the progress bar left where it stopped.
+fn finite(loss: f64, epoch: usize, step: usize, bar: &ProgressBar) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    bar.abandon();
+    Err(Error::NonFiniteLoss { loss, epoch, step })
 }

@@ -359,10 +359,51 @@ fn softmax_and_losses() {
     check("nll_loss", &[logits.clone(), labels.clone()], |v| v[0].log_softmax(-1)?.nll_loss(&v[1]));
     let target = randn(&[29, 10], DType::F32, 14);
     check("mse_loss", &[logits.clone(), target], |v| v[0].mse_loss(&v[1]));
-    // A bad label is the same typed error on both devices.
-    let bad = Tensor::from_vec(vec![3i64, 10], [2], dev()).unwrap();
-    let err = randn(&[2, 10], DType::F32, 1).to_device(dev()).unwrap().cross_entropy(&bad, 0.0).unwrap_err();
-    assert!(matches!(err, kiln::Error::IndexOutOfRange { index: 10, .. }), "{err}");
+}
+
+/// Labels on the device are read there: cross_entropy does not wait for the GPU, and a bad
+/// label is the CPU's typed error at the next sync (here the loss read), once; the bad row's
+/// gradient is zeros until then, and the device goes on working. Labels on the host are
+/// checked before the launch, as on the CPU.
+#[test]
+fn bad_labels_on_the_device_are_reported_at_the_next_sync() {
+    let downloads = kiln::backend::cuda::counters::downloads_on_this_thread;
+    let logits = randn(&[3, 10], DType::F32, 1).to_device(dev()).unwrap().requires_grad_().unwrap();
+    let cpu_err = randn(&[3, 10], DType::F32, 1)
+        .cross_entropy(&Tensor::from_vec(vec![3i64, 10, 2], [3], Device::Cpu).unwrap(), 0.0)
+        .unwrap_err();
+    let host_labels = Tensor::from_vec(vec![3i64, 10, 2], [3], Device::Cpu).unwrap();
+    let err = logits.cross_entropy(&host_labels, 0.0).unwrap_err();
+    assert_eq!(err.to_string(), cpu_err.to_string(), "host labels for device logits");
+
+    let bad = host_labels.to_device(dev()).unwrap();
+    let before = downloads();
+    let loss = logits.cross_entropy(&bad, 0.0).unwrap();
+    assert_eq!(downloads() - before, 0, "cross_entropy with device labels waited for the device");
+    loss.backward().unwrap();
+    let err = loss.to_scalar::<f32>().unwrap_err();
+    assert!(
+        matches!(err, kiln::Error::IndexOutOfRange { index: 10, size: 10, op } if op.contains("cross_entropy")),
+        "{err}"
+    );
+    // Reported once; the row with the bad label got no gradient, the others the CPU's.
+    let grad = logits.grad().unwrap().to_vec::<f32>().unwrap();
+    assert!(grad[10..20].iter().all(|&g| g == 0.0), "bad row's gradient {:?}", &grad[10..20]);
+    let good = Tensor::from_vec(vec![3i64, 2], [2], Device::Cpu).unwrap();
+    let rows = |t: &Tensor| t.index_select(0, &Tensor::from_vec(vec![0i64, 2], [2], t.device()).unwrap()).unwrap();
+    let x_cpu = rows(&logits.detach().to_device(Device::Cpu).unwrap()).requires_grad_().unwrap();
+    x_cpu.cross_entropy(&good, 0.0).unwrap().mul_scalar(2.0 / 3.0).unwrap().backward().unwrap();
+    let want = x_cpu.grad().unwrap().to_vec::<f32>().unwrap();
+    for (got, want) in [&grad[..10], &grad[20..]].iter().zip(want.chunks(10)) {
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "good rows' gradients: max |diff| {diff}");
+    }
+    // The device is still usable and the report is not repeated: good labels give the
+    // CPU's loss.
+    let fixed = Tensor::from_vec(vec![3i64, 1, 2], [3], Device::Cpu).unwrap();
+    let got = logits.detach().cross_entropy(&fixed.to_device(dev()).unwrap(), 0.0).unwrap().to_scalar::<f32>().unwrap();
+    let want = logits.detach().to_device(Device::Cpu).unwrap().cross_entropy(&fixed, 0.0).unwrap();
+    assert!((got - want.to_scalar::<f32>().unwrap()).abs() < 1e-6, "loss after the report: {got}");
 }
 
 #[test]
@@ -486,6 +527,12 @@ fn integer_ops_and_assign_stay_on_the_device() {
     dst.narrow(0, 1, 2).unwrap().assign(&ad.narrow(0, 2, 2).unwrap()).unwrap();
     let want: Vec<i64> = (0..20).map(|i| if (5..15).contains(&i) { av[i + 5] } else { 0 }).collect();
     assert_eq!(dst.to_vec::<i64>().unwrap(), want, "assign");
+    // I64 -> F32 (accuracy counts) on a strided view, rounded as Rust's `as f32` (i64::MAX
+    // and 2^24 + 1 round).
+    let big = Tensor::from_vec(vec![16_777_217i64, -3, i64::MAX, 0, i64::MIN, 7], [2, 3], Device::Cpu).unwrap();
+    let want: Vec<f32> = [16_777_217i64, 0, -3, i64::MIN, i64::MAX, 7].iter().map(|&v| v as f32).collect();
+    let got = big.to_device(dev()).unwrap().t().unwrap().to_dtype(DType::F32).unwrap();
+    assert_eq!(got.to_vec::<f32>().unwrap(), want, "I64 -> F32 on {}", dev());
     // BatchNorm's step counter: two training batches count 2 without leaving the device.
     let bn = BatchNorm::new_2d(3, dev()).unwrap();
     let x = randn(&[4, 3, 5, 5], DType::F32, 40).to_device(dev()).unwrap();
@@ -493,7 +540,7 @@ fn integer_ops_and_assign_stay_on_the_device() {
     bn.forward(&x).unwrap();
     let ops: Vec<String> = kiln::profile::stop().this_thread().totals().into_iter().map(|(name, ..)| name).collect();
     assert_eq!(bn.num_batches_tracked.to_scalar::<i64>().unwrap(), 2);
-    for host in ["host:binary", "host:copy_into"] {
+    for host in ["host:binary", "host:copy_into", "host:copy"] {
         assert!(!ops.iter().any(|n| n.starts_with(host)), "{host} ran: {ops:?}");
     }
 }
@@ -708,11 +755,12 @@ fn a_cnn_trains_on_the_device_as_on_the_cpu() {
             let forward = downloads() - before;
             loss.backward().unwrap();
             opt.step().unwrap();
-            // The host waits for the device only in cross_entropy, which checks the labels on
-            // the host (one sync; its loss stays on the device); backward and the optimizer
-            // step never (Adam's step count read from the device was one per parameter).
+            // The host never waits for the device in a step: cross_entropy reads the labels
+            // on the device (it downloaded them to check them: one sync) and keeps the loss
+            // there; neither backward nor the optimizer step downloads (Adam's step count read
+            // from the device was one sync per parameter).
             let rest = downloads() - before - forward;
-            assert!(forward <= 1, "{device}, step {step}: {forward} downloads in forward");
+            assert_eq!(forward, 0, "{device}, step {step}: {forward} downloads in forward");
             assert_eq!(rest, 0, "{device}, step {step}: {rest} downloads in backward and the optimizer step");
             losses.push(loss.to_scalar::<f64>().unwrap());
         }
@@ -720,6 +768,60 @@ fn a_cnn_trains_on_the_device_as_on_the_cpu() {
     }
     for ((name, a), (_, b)) in dev_model.named_parameters().iter().zip(cpu_model.named_parameters()) {
         close(&format!("{name} after 3 steps"), &a.to_device(Device::Cpu).unwrap(), &b, 1e-4);
+    }
+}
+
+/// `train_epoch` on the device gives the CPU's epoch (loss, accuracy, parameters), and the
+/// host waits for the device once a step: the loss and the correct count, read together at
+/// the step's end (batches cut from device tensors with a host index, labels checked on the
+/// device, accuracy counted there).
+#[test]
+fn train_epoch_waits_for_the_device_once_a_step() {
+    use kiln::data::{DataLoader, TensorDataset};
+    use kiln::nn::{Linear, Module, Relu, Sequential};
+    use kiln::optim::Adam;
+    use kiln::train::{train_epoch, EpochHooks};
+    let run = |device: Device| {
+        kiln::rng::scoped(5, || {
+            let model = Sequential::new()
+                .add(Linear::new(12, 16, true, device).unwrap())
+                .add(Relu)
+                .add(Linear::new(16, 4, true, device).unwrap());
+            let x = randn(&[40, 12], DType::F32, 61).to_device(device).unwrap();
+            let y = Tensor::from_vec((0..40).map(|i| (i * 7 % 4) as i64).collect::<Vec<_>>(), [40], device).unwrap();
+            let data = std::sync::Arc::new(TensorDataset::new(x, y).unwrap());
+            let mut loader = DataLoader::new(data, 8, true);
+            loader.prefetch = 0; // batches cut on this thread, so its download counter sees them
+            let mut opt = Adam::simple(model.parameters(), 1e-2);
+            let before = kiln::backend::cuda::counters::downloads_on_this_thread();
+            let mut step = 0;
+            let mut metrics = Vec::new();
+            for epoch in 0..2 {
+                metrics.push(train_epoch(&model, &mut opt, &loader, epoch, &mut step, EpochHooks::default()).unwrap());
+            }
+            let downloads = kiln::backend::cuda::counters::downloads_on_this_thread() - before;
+            let params: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect();
+            (metrics, params, downloads, step)
+        })
+    };
+    let ((cpu, cpu_params, _, _), (gpu, gpu_params, downloads, steps)) = (run(Device::Cpu), run(dev()));
+    assert_eq!(steps, 10);
+    assert_eq!(downloads, steps as u64, "downloads in {steps} steps on {}", dev());
+    for (c, g) in cpu.iter().zip(&gpu) {
+        assert!(
+            (c.train_loss - g.train_loss).abs() < 1e-5,
+            "epoch {}: loss {} vs cpu {}",
+            g.epoch,
+            g.train_loss,
+            c.train_loss
+        );
+        assert_eq!(c.train_accuracy, g.train_accuracy, "epoch {}", g.epoch);
+    }
+    // Something was learnt, or equal metrics would prove little.
+    assert!(gpu[1].train_loss < gpu[0].train_loss, "{gpu:?}");
+    for (i, (a, b)) in gpu_params.iter().zip(&cpu_params).enumerate() {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "parameter {i}: max |device - cpu| = {diff}");
     }
 }
 

@@ -120,7 +120,7 @@ fn half_precision_cross_entropy_matches_the_cpu() {
 fn cross_entropy_reports_bad_labels_and_arguments() {
     let x = data(12, 74, -1.0, 1.0);
     let y = vec![0i64, 4, 1];
-    let (mut loss, mut status) = (vec![0f32; 3], [0u64; 2]);
+    let (mut loss, mut grad, mut status) = (vec![0f32; 3], vec![f32::NAN; 12], [0u64; 2]);
     kt::cross_entropy(
         &EmuLauncher,
         DType::F32,
@@ -131,15 +131,20 @@ fn cross_entropy_reports_bad_labels_and_arguments() {
         ptr(&y),
         ptr(&x),
         mptr(&mut loss),
-        0,
+        mptr(&mut grad),
         mptr(&mut status),
     )
     .unwrap();
+    // [cols, label]: the first word is the flag and the size for the message.
+    assert_eq!(status, [4, 4]);
     assert!(matches!(
         kernels_nn::index_status("cross_entropy", status, 4),
         Err(Error::IndexOutOfRange { index: 4, size: 4, .. })
     ));
     assert!(loss[1].is_nan() && loss[0].is_finite() && loss[2].is_finite());
+    // The bad row's gradient is zeros (not left undefined), the others are written.
+    assert_eq!(grad[4..8], [0.0; 4]);
+    assert!(grad[..4].iter().chain(&grad[8..]).all(|g| g.is_finite()));
     let bad = kt::cross_entropy(&EmuLauncher, DType::F32, 3, 4, 1.5, 1.0, 0, 0, 0, 0, 0);
     assert!(matches!(bad, Err(Error::InvalidArgument { op: "cross_entropy", .. })));
     let bad = kt::cross_entropy(&EmuLauncher, DType::F32, 3, 0, 0.0, 1.0, 0, 0, 0, 0, 0);

@@ -34,6 +34,25 @@ pub struct CudaDev {
     cudnn: OnceLock<Option<Cudnn>>,
 }
 
+/// A device-side index check that the host reads later instead of waiting for it: a kernel
+/// given `CudaDev::deferred_status` writes [size, bad index] there (first writer wins) and
+/// does no harm with the bad element; the next download or `synchronize` by the same host
+/// thread on that device, which waits for the GPU anyway, reads the two words (one 16-byte
+/// copy, nothing left to wait for) and returns the error there. Per thread, so the error
+/// reaches the code that queued the bad op, not another thread that happens to read first.
+/// PyTorch's device-side asserts report late the same way, but poison the context; this
+/// leaves the device usable.
+struct Deferred {
+    /// Two u64 words on the device, zero while nothing went wrong.
+    words: DeviceBuf,
+    /// The ops queued with a check since the last read, for the error's name.
+    ops: Vec<&'static str>,
+}
+
+thread_local! {
+    static DEFERRED: std::cell::RefCell<HashMap<Device, Deferred>> = std::cell::RefCell::new(HashMap::new());
+}
+
 impl std::fmt::Debug for CudaDev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CudaDev({})", self.device)
@@ -191,10 +210,58 @@ impl CudaDev {
     /// Waits until everything queued on the device has finished (the emulated device runs
     /// every launch to completion before returning: nothing to wait for).
     pub fn synchronize(&self) -> Result<()> {
-        match &self.ctx {
-            Some(ctx) => ctx.synchronize().map_err(|e| self.gpu_err("cuCtxSynchronize", e)),
-            None => Ok(()),
+        if let Some(ctx) = &self.ctx {
+            ctx.synchronize().map_err(|e| self.gpu_err("cuCtxSynchronize", e))?;
         }
+        self.check_deferred()
+    }
+
+    /// The device address of the deferred-check words (see [`Deferred`]) for a kernel `op`
+    /// is about to queue: it writes [size, index] of the first bad index it meets there
+    /// (size > 0, so the first word doubles as the flag), and the next download or
+    /// `synchronize` returns `Error::IndexOutOfRange` naming `op`.
+    pub fn deferred_status(&self, op: &'static str) -> Result<u64> {
+        DEFERRED.with(|map| {
+            let mut map = map.borrow_mut();
+            let d = match map.entry(self.device) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let words = self.alloc(16)?;
+                    self.htod(words.ptr(), &[0u8; 16])?;
+                    e.insert(Deferred { words, ops: Vec::new() })
+                }
+            };
+            if !d.ops.contains(&op) {
+                d.ops.push(op);
+            }
+            Ok(d.words.ptr())
+        })
+    }
+
+    /// Reads this thread's deferred-check words if a kernel was queued with them since the
+    /// last read (the caller has just waited for the device), and turns a report into the
+    /// error.
+    fn check_deferred(&self) -> Result<()> {
+        let Some((ptr, ops)) = DEFERRED.with(|map| {
+            let mut map = map.borrow_mut();
+            let d = map.get_mut(&self.device).filter(|d| !d.ops.is_empty())?;
+            Some((d.words.ptr(), std::mem::take(&mut d.ops)))
+        }) else {
+            return Ok(());
+        };
+        let mut words = [0u8; 16];
+        // Not counted as a download: it follows one, with nothing of this thread's queued
+        // after it to wait for.
+        self.copy_to_host(ptr, &mut words, false)?;
+        let size = u64::from_le_bytes(words[..8].try_into().expect("8 bytes"));
+        let index = i64::from_le_bytes(words[8..].try_into().expect("8 bytes"));
+        if size == 0 {
+            return Ok(());
+        }
+        self.htod(ptr, &[0u8; 16])?;
+        let op = if ops.len() == 1 { ops[0] } else { "an index check of an earlier op (several were queued)" };
+        tracing::debug!(?ops, index, size, "a deferred index check failed");
+        Err(Error::IndexOutOfRange { op, index, size: size as usize })
     }
 
     /// Device memory for `bytes` bytes (contents undefined: blocks are reused).
@@ -234,12 +301,21 @@ impl CudaDev {
         })
     }
 
-    /// Device → host.
+    /// Device → host. A download waits for the device, so it is also where the deferred
+    /// index checks of the kernels before it are read (an error here may be an earlier op's:
+    /// it names that op).
     pub fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.copy_to_host(src, dst, true)?;
+        self.check_deferred()
+    }
+
+    fn copy_to_host(&self, src: u64, dst: &mut [u8], counted: bool) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }
-        super::counters::count_download();
+        if counted {
+            super::counters::count_download();
+        }
         if self.emulated() {
             // SAFETY: as in `htod`, the other way round.
             unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };

@@ -267,7 +267,9 @@ pub fn binary(
 
 /// Contiguous copy of the view `xl`, converting dtype `from` to `to`.
 pub fn copy(k: &dyn Launcher, from: DType, to: DType, x: u64, xl: &Layout, y: u64) -> Result<()> {
-    let name = format!("copy_{}_{}", suffix("copy", from)?, suffix("copy", to)?);
+    // I64 -> F32 too: counts and class indices become floats on the device (accuracy).
+    let from_suffix = if (from, to) == (DType::I64, DType::F32) { "i64" } else { suffix("copy", from)? };
+    let name = format!("copy_{}_{}", from_suffix, suffix("copy", to)?);
     let mut n = xl.elem_count() as i64;
     let (mut l, mut x, mut y) = (Strided1::merged(xl)?, x, y);
     let mut args = [arg(&mut n), arg(&mut l), arg(&mut x), arg(&mut y)];

@@ -14,8 +14,9 @@ use crate::{DType, Error, Layout, Result, Shape};
 /// - `grad`: [rows, cols] in x's dtype, (softmax - target) · `scale`. The CPU's fused forward
 ///   uses scale = `1.0f32 / rows as f32`; a backward alone passes the upstream gradient / rows.
 ///
-/// `status` (two u64 on the device, zeroed by the caller) reports a label outside 0..cols;
-/// read it back with `kernels_nn::index_status`.
+/// `status` (two u64 on the device, zero until a report) gets [cols, label] for a label
+/// outside 0..cols (the first one met); that row's loss is NaN and its gradient zeros.
+/// `CudaDev::deferred_status` gives words the next sync reads.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     k: &dyn Launcher,

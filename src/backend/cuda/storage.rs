@@ -189,7 +189,7 @@ pub fn to_contiguous_as(s: &CudaStorage, l: &Layout, dtype: DType) -> Result<Cud
     if l.elem_count() == 0 {
         return Ok(out);
     }
-    if has_kernels(s.dtype) && has_kernels(dtype) {
+    if (has_kernels(s.dtype) || (s.dtype, dtype) == (DType::I64, DType::F32)) && has_kernels(dtype) {
         kernels::copy(s.launcher(), s.dtype, dtype, s.ptr(), l, out.ptr())?;
         return Ok(out);
     }
@@ -266,18 +266,17 @@ pub fn where_cond(
     Ok(out)
 }
 
-/// I64 indices on the device, and a zeroed status buffer for the index kernels' report of
-/// an index out of range.
-fn index_buffers(like: &CudaStorage, idx: &[i64]) -> Result<(CudaStorage, CudaStorage)> {
+/// I64 indices on the device, checked first on the host (where they are: a check there is
+/// a loop over them, a check by the kernel's status would be a sync), and a zeroed status
+/// buffer the kernels need somewhere to write to, never read: with checked indices they
+/// have nothing to report.
+fn index_buffers(like: &CudaStorage, op: &'static str, idx: &[i64], size: usize) -> Result<(CudaStorage, CudaStorage)> {
+    if let Some(&bad) = idx.iter().find(|&&i| i < 0 || i as u64 >= size as u64) {
+        return Err(Error::IndexOutOfRange { op, index: bad, size });
+    }
     let i = from_cpu_on(like.device(), &CpuStorage::from_vec(idx.to_vec()))?;
     let status = from_cpu_on(like.device(), &CpuStorage::from_vec(vec![0i64; kernels_nn::INDEX_STATUS_WORDS]))?;
     Ok((i, status))
-}
-
-/// The index kernels' status: an error naming the first bad index, if any.
-fn check_status(op: &'static str, status: &CudaStorage, size: usize) -> Result<()> {
-    let words = status.to_cpu()?.to_vec::<i64>(&Layout::contiguous(crate::Shape::new(vec![status.len()])));
-    kernels_nn::index_status(op, [words[0] as u64, words[1] as u64], size)
 }
 
 /// Rows (along `dim`) of `s` picked by `idx`: contiguous, `dim` resized to idx.len().
@@ -286,10 +285,9 @@ pub fn index_select(s: &CudaStorage, l: &Layout, dim: usize, idx: &[i64]) -> Res
     if !(has_kernels(s.dtype) || s.dtype == DType::I64) || n_out == 0 || l.dims()[dim] == 0 {
         return host("host:index_select", || upload(s, crate::backend::cpu::index_select(&on_cpu(s)?, l, dim, idx)?));
     }
-    let (i, status) = index_buffers(s, idx)?;
+    let (i, status) = index_buffers(s, "index_select", idx, l.dims()[dim])?;
     let out = s.new_like(s.dtype, n_out)?;
     kernels_nn::index_select(s.launcher(), s.dtype, s.ptr(), l, dim, i.ptr(), idx.len(), out.ptr(), status.ptr())?;
-    check_status("index_select", &status, l.dims()[dim])?;
     Ok(out)
 }
 
@@ -301,10 +299,9 @@ pub fn gather(s: &CudaStorage, l: &Layout, dim: usize, index: &[i64], n: usize) 
     }
     let mut dims = l.dims().to_vec();
     dims[dim] = n;
-    let (i, status) = index_buffers(s, index)?;
+    let (i, status) = index_buffers(s, "gather", index, l.dims()[dim])?;
     let out = s.new_like(s.dtype, index.len())?;
     kernels_nn::gather(s.launcher(), s.dtype, s.ptr(), l, dim, i.ptr(), &dims, out.ptr(), status.ptr())?;
-    check_status("gather", &status, l.dims()[dim])?;
     Ok(out)
 }
 
@@ -324,9 +321,8 @@ pub fn index_add(
         });
     }
     let out = to_contiguous_as(base, l, base.dtype)?;
-    let (i, status) = index_buffers(base, idx)?;
+    let (i, status) = index_buffers(base, "index_add", idx, l.dims()[dim])?;
     kernels_nn::index_add(base.launcher(), base.dtype, out.ptr(), l.dims(), dim, i.ptr(), src.ptr(), sl, status.ptr())?;
-    check_status("index_add", &status, l.dims()[dim])?;
     Ok(out)
 }
 
@@ -346,7 +342,7 @@ pub fn scatter_add(
         });
     }
     let out = to_contiguous_as(base, l, base.dtype)?;
-    let (i, status) = index_buffers(base, index)?;
+    let (i, status) = index_buffers(base, "scatter_add", index, l.dims()[dim])?;
     kernels_nn::scatter_add(
         base.launcher(),
         base.dtype,
@@ -358,7 +354,6 @@ pub fn scatter_add(
         sl,
         status.ptr(),
     )?;
-    check_status("scatter_add", &status, l.dims()[dim])?;
     Ok(out)
 }
 
@@ -439,17 +434,42 @@ pub fn softmax_last_dim(s: &CudaStorage, l: &Layout, log: bool) -> Result<CudaSt
     Ok(out)
 }
 
-/// Fused softmax cross-entropy of logits [n, c]: the mean loss (on the host: a sum of n
-/// per-row losses) and, if asked, the gradient of the mean w.r.t. the logits.
+/// Where cross_entropy's I64 labels are.
+pub enum Labels<'a> {
+    /// On the host: checked there before the launch, then uploaded (no sync).
+    Host(&'a [i64]),
+    /// On a device (the logits' own, or they are downloaded): the kernel reads them there and
+    /// reports a bad one through the device's deferred check (`CudaDev::deferred_status`),
+    /// so the host never waits for the labels.
+    Device(&'a CudaStorage, &'a Layout),
+}
+
+/// Fused softmax cross-entropy of logits [n, c]: the mean loss (one element on the device,
+/// never read here) and, if asked, the gradient of the mean w.r.t. the logits.
 pub fn cross_entropy(
     s: &CudaStorage,
     l: &Layout,
-    labels: &[i64],
+    labels: Labels<'_>,
     smoothing: f64,
     want_grad: bool,
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
     let (n, c) = (l.dims()[0], l.dims()[1]);
+    let labels = match labels {
+        Labels::Device(y, yl) if y.device() != s.device() => {
+            let host = on_cpu(y)?.indices(yl, "cross_entropy")?;
+            return cross_entropy(s, l, Labels::Host(&host), smoothing, want_grad);
+        }
+        labels => labels,
+    };
     if !has_kernels(s.dtype) || n == 0 || c == 0 {
+        let host_labels;
+        let labels = match labels {
+            Labels::Host(h) => h,
+            Labels::Device(y, yl) => {
+                host_labels = on_cpu(y)?.indices(yl, "cross_entropy")?;
+                &host_labels
+            }
+        };
         return host("host:cross_entropy", || {
             let (loss, g) = crate::backend::cpu::cross_entropy(&on_cpu(s)?, l, labels, smoothing, want_grad)?;
             let loss = crate::backend::Storage::full(loss, 1, s.dtype, crate::Device::Cpu)?;
@@ -459,14 +479,36 @@ pub fn cross_entropy(
             Ok((upload(s, loss)?, g.map(|g| upload(s, g)).transpose()?))
         });
     }
-    if let Some(&bad) = labels.iter().find(|&&y| y < 0 || y as usize >= c) {
-        return Err(Error::IndexOutOfRange { op: "cross_entropy (label)", index: bad, size: c });
-    }
+    // The labels' device address and the status words the kernel reports a bad label in.
+    let (_y, y_ptr, status, _scratch) = match labels {
+        Labels::Host(h) => {
+            if let Some(&bad) = h.iter().find(|&&y| y < 0 || y as usize >= c) {
+                return Err(Error::IndexOutOfRange { op: "cross_entropy (label)", index: bad, size: c });
+            }
+            // Checked: the kernel's report has no reader, but it needs somewhere to go.
+            let y = from_cpu_on(s.device(), &CpuStorage::from_vec(h.to_vec()))?;
+            let scratch = from_cpu_on(s.device(), &CpuStorage::from_vec(vec![0i64; kernels_nn::INDEX_STATUS_WORDS]))?;
+            let (y_ptr, status) = (y.ptr(), scratch.ptr());
+            (Some(y), y_ptr, status, Some(scratch))
+        }
+        Labels::Device(ys, yl) => {
+            if ys.dtype != DType::I64 || yl.elem_count() != n {
+                return Err(Error::invalid("cross_entropy", format!("labels must be {n} I64 class indices")));
+            }
+            let status = s.dev.deferred_status("cross_entropy (label, found at a later sync)")?;
+            match yl.contiguous_range() {
+                Some(r) => (None, ys.at(r.start), status, None),
+                None => {
+                    let y = to_contiguous_as(ys, yl, DType::I64)?;
+                    let y_ptr = y.ptr();
+                    (Some(y), y_ptr, status, None)
+                }
+            }
+        }
+    };
     let x = to_contiguous_as(s, l, s.dtype)?;
-    let y = from_cpu_on(s.device(), &CpuStorage::from_vec(labels.to_vec()))?;
     let loss = s.new_like(DType::F32, n)?;
     let grad = if want_grad { Some(s.new_like(s.dtype, n * c)?) } else { None };
-    let status = from_cpu_on(s.device(), &CpuStorage::from_vec(vec![0i64; kernels_nn::INDEX_STATUS_WORDS]))?;
     kernels_train::cross_entropy(
         s.launcher(),
         s.dtype,
@@ -474,11 +516,11 @@ pub fn cross_entropy(
         c,
         smoothing,
         1.0f32 / n as f32,
-        y.ptr(),
+        y_ptr,
         x.ptr(),
         loss.ptr(),
         grad.as_ref().map(|g| g.ptr()).unwrap_or(0),
-        status.ptr(),
+        status,
     )?;
     // The mean of the rows' losses on the device (it was read back and averaged on the host:
     // a sync per step).
