@@ -200,11 +200,28 @@ pub fn evaluate(model: &dyn Module, data: &dyn Dataset, batch_size: usize) -> Re
     let (mut loss_sum, mut correct) = (0.0, 0);
     no_grad(|| -> Result<()> {
         let idx: Vec<usize> = (0..n).collect();
+        // On a GPU each batch's [loss, correct] stays there until the end: one read in all
+        // instead of two syncs a batch.
+        let mut on_device = Vec::new();
         for chunk in idx.chunks(batch_size.max(1)) {
             let b = data.get_batch(chunk)?;
             let logits = model.forward(&b.inputs)?;
-            loss_sum += logits.cross_entropy(&b.targets, 0.0)?.to_scalar::<f64>()? * chunk.len() as f64;
-            correct += count_correct(&logits, &b.targets)?;
+            let loss = logits.cross_entropy(&b.targets, 0.0)?;
+            if loss.device() == crate::Device::Cpu {
+                loss_sum += loss.to_scalar::<f64>()? * chunk.len() as f64;
+                correct += count_correct(&logits, &b.targets)?;
+            } else {
+                let loss = loss.to_dtype(DType::F32)?.reshape([1])?;
+                on_device.push((Tensor::cat(&[loss, correct_count(&logits, &b.targets)?], 0)?, chunk.len()));
+            }
+        }
+        if !on_device.is_empty() {
+            let all: Vec<Tensor> = on_device.iter().map(|(t, _)| t.clone()).collect();
+            let stats = Tensor::cat(&all, 0)?.to_vec::<f32>()?;
+            for (s, (_, len)) in stats.chunks_exact(2).zip(&on_device) {
+                loss_sum += s[0] as f64 * *len as f64;
+                correct += s[1] as usize;
+            }
         }
         Ok(())
     })?;

@@ -774,7 +774,7 @@ fn a_cnn_trains_on_the_device_as_on_the_cpu() {
 /// `train_epoch` on the device gives the CPU's epoch (loss, accuracy, parameters), and the
 /// host waits for the device once a step: the loss and the correct count, read together at
 /// the step's end (batches cut from device tensors with a host index, labels checked on the
-/// device, accuracy counted there).
+/// device, accuracy counted there); `evaluate` once in all.
 #[test]
 fn train_epoch_waits_for_the_device_once_a_step() {
     use kiln::data::{DataLoader, TensorDataset};
@@ -790,7 +790,7 @@ fn train_epoch_waits_for_the_device_once_a_step() {
             let x = randn(&[40, 12], DType::F32, 61).to_device(device).unwrap();
             let y = Tensor::from_vec((0..40).map(|i| (i * 7 % 4) as i64).collect::<Vec<_>>(), [40], device).unwrap();
             let data = std::sync::Arc::new(TensorDataset::new(x, y).unwrap());
-            let mut loader = DataLoader::new(data, 8, true);
+            let mut loader = DataLoader::new(data.clone(), 8, true);
             loader.prefetch = 0; // batches cut on this thread, so its download counter sees them
             let mut opt = Adam::simple(model.parameters(), 1e-2);
             let before = kiln::backend::cuda::counters::downloads_on_this_thread();
@@ -800,13 +800,22 @@ fn train_epoch_waits_for_the_device_once_a_step() {
                 metrics.push(train_epoch(&model, &mut opt, &loader, epoch, &mut step, EpochHooks::default()).unwrap());
             }
             let downloads = kiln::backend::cuda::counters::downloads_on_this_thread() - before;
+            // Evaluation in batches of 16 (three, the last short): one read in all.
+            let before = kiln::backend::cuda::counters::downloads_on_this_thread();
+            let eval = kiln::train::evaluate(&model, &*data, 16).unwrap();
+            let eval_downloads = kiln::backend::cuda::counters::downloads_on_this_thread() - before;
             let params: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec::<f32>().unwrap()).collect();
-            (metrics, params, downloads, step)
+            (metrics, params, (downloads, eval_downloads), step, eval)
         })
     };
-    let ((cpu, cpu_params, _, _), (gpu, gpu_params, downloads, steps)) = (run(Device::Cpu), run(dev()));
+    let ((cpu, cpu_params, _, _, cpu_eval), (gpu, gpu_params, downloads, steps, gpu_eval)) =
+        (run(Device::Cpu), run(dev()));
     assert_eq!(steps, 10);
-    assert_eq!(downloads, steps as u64, "downloads in {steps} steps on {}", dev());
+    assert_eq!(downloads, (steps as u64, 1), "downloads in {steps} steps, then in evaluate, on {}", dev());
+    assert!(
+        (cpu_eval.0 - gpu_eval.0).abs() < 1e-5 && cpu_eval.1 == gpu_eval.1,
+        "evaluate: {gpu_eval:?} vs cpu {cpu_eval:?}"
+    );
     for (c, g) in cpu.iter().zip(&gpu) {
         assert!(
             (c.train_loss - g.train_loss).abs() < 1e-5,
