@@ -32,7 +32,7 @@ impl TrainLogger {
         self.writer.add_scalar("train/loss", loss, s)?;
         self.writer.add_scalar("train/learning_rate", lr, s)?;
         self.writer.add_scalar("train/samples_per_second", samples_per_second, s)?;
-        if self.histogram_every > 0 && step % self.histogram_every == 0 {
+        if self.histogram_every > 0 && step.is_multiple_of(self.histogram_every) {
             for (name, p) in model.named_parameters() {
                 self.writer.add_histogram(
                     &format!("weights/{name}"),

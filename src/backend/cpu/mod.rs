@@ -15,6 +15,7 @@ mod optim;
 pub mod parallel;
 mod pool;
 mod reduce;
+mod sgemm;
 mod simd;
 mod softmax;
 mod strided;

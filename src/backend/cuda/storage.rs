@@ -416,7 +416,7 @@ fn row_split(dtype: DType, op: ReduceOp, outer: usize, inner: usize) -> usize {
         return 1;
     }
     let mut split = 1;
-    while inner % (split * 2) == 0 && inner / (split * 2) >= 4096 && outer * split * 2 <= 2048 {
+    while inner.is_multiple_of(split * 2) && inner / (split * 2) >= 4096 && outer * split * 2 <= 2048 {
         split *= 2;
     }
     split
