@@ -7,10 +7,12 @@
 //! then runs at half its peak: on the project's Xeon (Emerald Rapids) VMs `gemm` gave 75-80
 //! GFLOP/s per core where PyTorch's oneDNN gave 150-166 (BENCHMARKS.md, session 11).
 //!
-//! The method is BLIS's: B is packed into panels of NR = 32 columns (two zmm registers) and A
-//! into panels of MR = 12 rows, k in blocks of KC; a 12 x 32 micro-kernel keeps its tile in 24
-//! zmm accumulators, and per k step loads two vectors of B, broadcasts 12 values of A and
-//! issues 24 FMAs. Edges are zero-padded in the packs and written back with masked stores.
+//! The method is BLIS's: B is packed into panels of NR = 32 columns (two zmm registers; a
+//! row-major B by copies, a transposed one by AVX-512 gathers) and k runs in blocks of KC; a
+//! 12 x 32 micro-kernel keeps its tile in 24 zmm accumulators, and per k step loads two
+//! vectors of B, broadcasts 12 values of A and issues 24 FMAs. A row-major A is read where it
+//! is (12 row streams); other layouts, and the last partial panel of rows, are packed into
+//! panels of MR = 12 rows. Edges are zero-padded and written back with masked stores.
 //!
 //! Rounding: every element of C is Σ over k in the order k = 0, 1, ..., with one FMA per term,
 //! in blocks of KC added to C in turn. That order depends on neither m nor n, so any split of
@@ -192,9 +194,13 @@ unsafe fn pack_b(bp: &mut [f32], b: View, pc: usize, kc: usize, n: usize) {
                 std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), cols);
                 dst[cols..].fill(0.0);
             }
+        } else if b.cs.unsigned_abs() * NR < i32::MAX as usize {
+            // A transposed view (Linear's Wᵀ): each k row of the panel gathers 32 elements
+            // `cs` apart (two AVX-512 gathers; the 32 columns' cache lines serve 16 k each).
+            gather_rows(panel.as_mut_ptr(), b.ptr.offset(pc as isize * b.rs + (jp * NR) as isize * b.cs), b, kc, cols);
         } else {
-            // A transposed view (Linear's Wᵀ): each column is a contiguous run of W.
-            // In chunks of 16 k, as pack_a.
+            // Columns too far apart for 32-bit gather offsets: element by element, in chunks
+            // of 16 k, as pack_a.
             for p0 in (0..kc).step_by(16) {
                 let q_end = 16.min(kc - p0);
                 for col in 0..NR {
@@ -211,6 +217,34 @@ unsafe fn pack_b(bp: &mut [f32], b: View, pc: usize, kc: usize, n: usize) {
                 }
             }
         }
+    }
+}
+
+/// panel[p * NR + c] = src[p * rs + c * cs] for p < kc, c < cols (zeros for c >= cols), by
+/// masked gathers with 32-bit offsets (the caller checks `cs * NR` fits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_rows(panel: *mut f32, src: *const f32, b: View, kc: usize, cols: usize) {
+    let cs = b.cs as i32;
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let idx0 = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(cs));
+    let idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(16 * cs));
+    let mask = |lo: usize| -> __mmask16 {
+        let k = cols.saturating_sub(lo).min(16);
+        if k == 16 {
+            0xffff
+        } else {
+            ((1u32 << k) - 1) as __mmask16
+        }
+    };
+    let (m0, m1) = (mask(0), mask(16));
+    let zero = _mm512_setzero_ps();
+    for p in 0..kc {
+        let row = src.offset(p as isize * b.rs);
+        let v0 = _mm512_mask_i32gather_ps::<4>(zero, m0, idx0, row);
+        let v1 = _mm512_mask_i32gather_ps::<4>(zero, m1, idx1, row);
+        _mm512_storeu_ps(panel.add(p * NR), v0);
+        _mm512_storeu_ps(panel.add(p * NR + 16), v1);
     }
 }
 
