@@ -97,9 +97,14 @@ fn gemm_batched<T: super::Float>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> 
         // when B is a transposed view (Linear's forward, x @ Wᵀ): each block then reads and
         // packs only its own rows of W (a row block packs all of W, once per thread) and,
         // like Adam's split, the same half of W stays with the same core step after step.
-        // Otherwise blocks of rows (a weight gradient's rows are W's rows).
-        let by_cols = b_rs == 1 && b_cs != 1;
-        let (len, align) = if by_cols { (n, 16) } else { (m, 8) };
+        // Otherwise blocks of rows (a weight gradient's rows are W's rows). Kiln's own f32
+        // kernel takes column blocks whenever there are columns enough: each thread then packs
+        // only its own columns of B (a row split packs all of B on every thread: for a weight
+        // gradient that is x, 128 x 784), while A is read in place when row-major and is the
+        // smaller operand otherwise (gᵀ, 256 x 128).
+        let own = T::DTYPE == crate::DType::F32 && own_kernel();
+        let by_cols = if own { n >= 64 * threads } else { b_rs == 1 && b_cs != 1 };
+        let (len, align) = if by_cols { (n, if own { 32 } else { 16 }) } else { (m, 8) };
         let block = len.div_ceil(threads).next_multiple_of(align).min(len);
         let (block_m, block_n) = if by_cols { (m, block) } else { (block, n) };
         if !same_blocking(m, n, k, block_m, block_n) {
