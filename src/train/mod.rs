@@ -151,7 +151,9 @@ pub fn train_epoch(
             Some(t) => t.run(update)?,
             None => update()?,
         };
-        // On a GPU the step has been taken: the error says the parameters saw this loss.
+        // On a GPU this check comes after the update, which a non-finite loss has then
+        // reached; training stops here all the same (PyTorch loops that call `.item()` after
+        // `step()` behave alike).
         finite(l, epoch, *step, &bar)?;
         correct += hits;
         if let Some(t) = tuner.as_deref_mut() {

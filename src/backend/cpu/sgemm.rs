@@ -220,6 +220,17 @@ unsafe fn pack_b(bp: &mut [f32], b: View, pc: usize, kc: usize, n: usize) {
     }
 }
 
+/// The lanes of the 16 columns from `lo` that are among the first `cols`.
+#[cfg(target_arch = "x86_64")]
+fn col_mask(cols: usize, lo: usize) -> u16 {
+    let k = cols.saturating_sub(lo).min(16);
+    if k == 16 {
+        0xffff
+    } else {
+        ((1u32 << k) - 1) as u16
+    }
+}
+
 /// panel[p * NR + c] = src[p * rs + c * cs] for p < kc, c < cols (zeros for c >= cols), by
 /// masked gathers with 32-bit offsets (the caller checks `cs * NR` fits).
 #[cfg(target_arch = "x86_64")]
@@ -229,15 +240,7 @@ unsafe fn gather_rows(panel: *mut f32, src: *const f32, b: View, kc: usize, cols
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let idx0 = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(cs));
     let idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(16 * cs));
-    let mask = |lo: usize| -> __mmask16 {
-        let k = cols.saturating_sub(lo).min(16);
-        if k == 16 {
-            0xffff
-        } else {
-            ((1u32 << k) - 1) as __mmask16
-        }
-    };
-    let (m0, m1) = (mask(0), mask(16));
+    let (m0, m1) = (col_mask(cols, 0), col_mask(cols, 16));
     let zero = _mm512_setzero_ps();
     for p in 0..kc {
         let row = src.offset(p as isize * b.rs);
@@ -276,15 +279,7 @@ unsafe fn kernel(
             acc_r[1] = _mm512_fmadd_ps(x, b1, acc_r[1]);
         }
     }
-    let mask = |lo: usize| -> __mmask16 {
-        let k = cols.saturating_sub(lo).min(16);
-        if k == 16 {
-            0xffff
-        } else {
-            ((1u32 << k) - 1) as __mmask16
-        }
-    };
-    let (m0, m1) = (mask(0), mask(16));
+    let (m0, m1) = (col_mask(cols, 0), col_mask(cols, 16));
     for (r, acc_r) in acc.iter().enumerate().take(rows) {
         let dst = c.add(r * ldc);
         let (mut v0, mut v1) = (acc_r[0], acc_r[1]);
