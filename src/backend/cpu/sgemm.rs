@@ -159,21 +159,36 @@ unsafe fn pack_a(ap: &mut [f32], a: View, ic: usize, mc: usize, pc: usize, kc: u
             }
             continue;
         }
-        // In chunks of 16 k: the panel's writes stay within a few cache lines per chunk
-        // while each row is read along k (a transpose when A is row-major).
-        for p0 in (0..kc).step_by(16) {
-            let q_end = 16.min(kc - p0);
-            for r in 0..MR {
-                if r >= rows {
-                    for q in 0..q_end {
-                        panel[(p0 + q) * MR + r] = 0.0;
-                    }
-                    continue;
-                }
-                let row = a.ptr.offset((ic + ip * MR + r) as isize * a.rs + (pc + p0) as isize * a.cs);
+        let first = a.ptr.offset((ic + ip * MR) as isize * a.rs + pc as isize * a.cs);
+        pack_strided(panel, MR, rows, first, a.rs, a.cs, kc);
+    }
+}
+
+/// panel[p * width + lane] = src[lane * lane_stride + p * k_stride] for p < kc and lane <
+/// lanes, zeros for the other lanes: the element-by-element pack, in chunks of 16 k so that
+/// the panel's writes stay within a few cache lines while each lane is read along k.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_strided(
+    panel: &mut [f32],
+    width: usize,
+    lanes: usize,
+    src: *const f32,
+    lane_stride: isize,
+    k_stride: isize,
+    kc: usize,
+) {
+    for p0 in (0..kc).step_by(16) {
+        let q_end = 16.min(kc - p0);
+        for lane in 0..width {
+            if lane >= lanes {
                 for q in 0..q_end {
-                    panel[(p0 + q) * MR + r] = *row.offset(q as isize * a.cs);
+                    panel[(p0 + q) * width + lane] = 0.0;
                 }
+                continue;
+            }
+            let from = src.offset(lane as isize * lane_stride + p0 as isize * k_stride);
+            for q in 0..q_end {
+                panel[(p0 + q) * width + lane] = *from.offset(q as isize * k_stride);
             }
         }
     }
@@ -199,23 +214,9 @@ unsafe fn pack_b(bp: &mut [f32], b: View, pc: usize, kc: usize, n: usize) {
             // `cs` apart (two AVX-512 gathers; the 32 columns' cache lines serve 16 k each).
             gather_rows(panel.as_mut_ptr(), b.ptr.offset(pc as isize * b.rs + (jp * NR) as isize * b.cs), b, kc, cols);
         } else {
-            // Columns too far apart for 32-bit gather offsets: element by element, in chunks
-            // of 16 k, as pack_a.
-            for p0 in (0..kc).step_by(16) {
-                let q_end = 16.min(kc - p0);
-                for col in 0..NR {
-                    if col >= cols {
-                        for q in 0..q_end {
-                            panel[(p0 + q) * NR + col] = 0.0;
-                        }
-                        continue;
-                    }
-                    let src = b.ptr.offset((pc + p0) as isize * b.rs + (jp * NR + col) as isize * b.cs);
-                    for q in 0..q_end {
-                        panel[(p0 + q) * NR + col] = *src.offset(q as isize * b.rs);
-                    }
-                }
-            }
+            // Columns too far apart for 32-bit gather offsets: element by element.
+            let first = b.ptr.offset(pc as isize * b.rs + (jp * NR) as isize * b.cs);
+            pack_strided(panel, NR, cols, first, b.cs, b.rs, kc);
         }
     }
 }
